@@ -1,0 +1,42 @@
+"""The Backend extension point: evaluate one configuration on one workload."""
+
+from __future__ import annotations
+
+import abc
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from sloguard.result import TrialResult
+    from sloguard.slo_contract import SloContract
+    from sloguard.workload import Workload
+
+
+class BaseBackend(abc.ABC):
+    """Serves a workload under one configuration and measures it.
+
+    Subclasses implement :meth:`evaluate`; they never raise for a configuration that fails, they
+    return a :class:`~sloguard.result.TrialResult` whose ``crash`` says why.
+
+    Args:
+        cfg: The composed root configuration (model, hardware and backend sections are read).
+    """
+
+    name: str = ""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+
+    @abc.abstractmethod
+    def evaluate(
+        self, config: dict[str, Any], workload: Workload, slo: SloContract, *, seed: int
+    ) -> TrialResult:
+        """Run ``workload`` against a server launched with ``config``.
+
+        Args:
+            config: A complete, repaired knob configuration.
+            workload: The requests to serve.
+            slo: The contract that turns latencies into goodput and feasibility.
+            seed: Seeds everything random in this evaluation.
+        """

@@ -1,0 +1,17 @@
+"""The embedded simulator of a vLLM-like engine (the default backend)."""
+
+from sloguard.backends.sim._engine import EngineRun, EngineSettings, run_engine
+from sloguard.backends.sim._memory import MemoryPlan, kv_bytes_per_token, plan_memory
+from sloguard.backends.sim._roofline import StepTimeModel
+from sloguard.backends.sim.backend import SimBackend
+
+__all__ = [
+    "EngineRun",
+    "EngineSettings",
+    "MemoryPlan",
+    "SimBackend",
+    "StepTimeModel",
+    "kv_bytes_per_token",
+    "plan_memory",
+    "run_engine",
+]

@@ -1,0 +1,249 @@
+"""A discrete-event model of vLLM's v1 engine loop.
+
+Each step schedules running requests first (one token per decode, the next chunk of a partial
+prefill), then admits waiting ones in arrival order while there is room under ``max_num_seqs``
+and the token budget ``max_num_batched_tokens``. Without chunked prefill a prompt is prefilled
+whole or waits. KV lives in blocks of 16 tokens; when a running request needs a block and none is
+free, the newest running request is preempted and recomputed later, and no waiting request is
+admitted that step. With prefix caching, a request whose shared prefix is already cached skips
+computing it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from sloguard.backends.sim._memory import BLOCK_SIZE
+from sloguard.result import RequestRecord
+from sloguard.workload import Workload
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """The knobs the scheduler reads, and the KV cache it has."""
+
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_model_len: int
+    enable_chunked_prefill: bool
+    enable_prefix_caching: bool
+    num_blocks: int
+
+
+@dataclass
+class EngineRun:
+    """What one simulated load phase produced."""
+
+    records: list[RequestRecord]
+    duration_s: float
+    timed_out: bool
+    num_steps: int
+    num_preemptions: int
+    peak_kv_usage: float
+    mean_batch_tokens: float
+    prefix_cache_hit_rate: float
+
+
+def run_engine(
+    workload: Workload,
+    settings: EngineSettings,
+    step_time: Callable[[int, int, float, int], float],
+    jitter: np.ndarray,
+    timeout_s: float,
+) -> EngineRun:
+    """Serve ``workload`` and return per-request records and engine counters.
+
+    Args:
+        workload: Requests with their due times and the client's in-flight cap.
+        settings: Scheduler limits and KV blocks.
+        step_time: Seconds for a step given (tokens, sampled seqs, prefill attention pairs,
+            decode context); see :class:`~sloguard.backends.sim._roofline.StepTimeModel`.
+        jitter: Multiplicative step-time noise, cycled over steps.
+        timeout_s: Simulated time after which unfinished requests fail and the run stops.
+    """
+    n = len(workload)
+    prompt = workload.prompt_lens.tolist()
+    target = workload.output_lens.tolist()
+    due = workload.arrival_times.tolist()
+    groups = workload.prefix_groups.tolist()
+    prefix_tokens = (workload.shared_prefix_len // BLOCK_SIZE) * BLOCK_SIZE
+    computed = [0] * n
+    generated = [0] * n
+    blocks = [0] * n
+    token_times: list[list[float]] = [[] for _ in range(n)]
+    send = [0.0] * n
+    errors: list[str | None] = [None] * n
+
+    budget_cap = settings.max_num_batched_tokens
+    free_blocks = total_blocks = settings.num_blocks
+    slots = deque([0.0] * workload.concurrency) if workload.concurrency else None
+    cached_groups: set[int] = set()
+    waiting: deque[int] = deque()
+    running: list[int] = []
+    now = 0.0
+    next_send = finished = steps = preemptions = 0
+    batch_tokens = 0
+    peak_used = 0
+    prefix_queries = prefix_hits = 0
+    n_jitter = len(jitter)
+
+    while finished < n:
+        # the client sends every request that is due and has a free slot
+        while next_send < n and due[next_send] <= now and (slots is None or slots):
+            rid = next_send
+            next_send += 1
+            send[rid] = max(due[rid], slots.popleft()) if slots is not None else due[rid]
+            if prompt[rid] + target[rid] > settings.max_model_len:
+                errors[rid] = (
+                    f"HTTP 400: This model's maximum context length is "
+                    f"{settings.max_model_len} tokens. However, you requested "
+                    f"{prompt[rid] + target[rid]} tokens."
+                )
+                finished += 1
+                if slots is not None:
+                    slots.append(send[rid])
+                continue
+            waiting.append(rid)
+        if not running and not waiting:
+            if next_send >= n:
+                break
+            now = max(now, due[next_send])  # idle until the next request is due
+            continue
+        if now > timeout_s:
+            break
+
+        # --- schedule one step: running first, then waiting
+        budget = budget_cap
+        sched_ids: list[int] = []
+        sched_tokens: list[int] = []
+        num_sampled = 0
+        attn_pairs = 0.0
+        decode_ctx = 0
+        preempted = False
+        idx = 0
+        while idx < len(running) and budget > 0:
+            rid = running[idx]
+            seq = prompt[rid] + generated[rid]
+            need = seq - computed[rid]
+            ntok = need if need <= budget else budget
+            new_blocks = -(-(computed[rid] + ntok) // BLOCK_SIZE) - blocks[rid]
+            victim = -1
+            while new_blocks > free_blocks and victim != rid:
+                victim = running.pop()  # the newest request is recomputed later
+                free_blocks += blocks[victim]
+                blocks[victim] = computed[victim] = 0
+                waiting.appendleft(victim)
+                preemptions += 1
+                preempted = True
+            if victim == rid:
+                break
+            free_blocks -= new_blocks
+            blocks[rid] += new_blocks
+            sched_ids.append(rid)
+            sched_tokens.append(ntok)
+            budget -= ntok
+            if need == 1:
+                decode_ctx += seq
+            else:
+                attn_pairs += ntok * (computed[rid] + (ntok + 1) / 2)
+            if ntok == need:
+                num_sampled += 1
+            idx += 1
+        if not preempted:
+            while waiting and len(running) < settings.max_num_seqs and budget > 0:
+                rid = waiting[0]
+                seq = prompt[rid] + generated[rid]
+                start = computed[rid]
+                if settings.enable_prefix_caching and start == 0 and groups[rid] >= 0:
+                    prefix_queries += prefix_tokens
+                    if groups[rid] in cached_groups:
+                        start = min(prefix_tokens, seq - 1)
+                need = seq - start
+                if not settings.enable_chunked_prefill and need > budget:
+                    break
+                ntok = need if need <= budget else budget
+                new_blocks = -(-(start + ntok) // BLOCK_SIZE)
+                if new_blocks > free_blocks:
+                    break
+                if start:
+                    prefix_hits += start
+                waiting.popleft()
+                running.append(rid)
+                computed[rid] = start
+                free_blocks -= new_blocks
+                blocks[rid] = new_blocks
+                sched_ids.append(rid)
+                sched_tokens.append(ntok)
+                budget -= ntok
+                attn_pairs += ntok * (start + (ntok + 1) / 2)
+                if ntok == need:
+                    num_sampled += 1
+
+        if not sched_ids:
+            raise RuntimeError("scheduler made no progress")  # startup checks rule this out
+        num_tokens = budget_cap - budget
+        now += (
+            step_time(num_tokens, num_sampled, attn_pairs, decode_ctx) * jitter[steps % n_jitter]
+        )
+        steps += 1
+        batch_tokens += num_tokens
+        peak_used = max(peak_used, total_blocks - free_blocks)
+
+        # --- apply the step: advance computed tokens, emit tokens, retire finished requests
+        done_any = False
+        for rid, ntok in zip(sched_ids, sched_tokens, strict=True):
+            computed[rid] += ntok
+            if computed[rid] == prompt[rid] + generated[rid]:
+                generated[rid] += 1
+                token_times[rid].append(now)
+                if groups[rid] >= 0 and computed[rid] >= prefix_tokens:
+                    cached_groups.add(groups[rid])
+                if generated[rid] == target[rid]:
+                    free_blocks += blocks[rid]
+                    blocks[rid] = 0
+                    finished += 1
+                    done_any = True
+                    if slots is not None:
+                        slots.append(now)
+        if done_any:
+            running = [r for r in running if generated[r] < target[r]]
+
+    timed_out = finished < n
+    records = []
+    for rid in range(n):
+        error = errors[rid]
+        if error is None and generated[rid] < target[rid]:
+            error = "timeout: request unfinished when the load phase ended"
+        records.append(
+            RequestRecord(
+                request_id=rid,
+                prompt_len=prompt[rid],
+                target_output_len=target[rid],
+                scheduled_time=due[rid],
+                send_time=send[rid],
+                token_times=np.asarray(token_times[rid]) if error is None else np.empty(0),
+                error=error,
+            )
+        )
+    first_send = min((r.send_time for r in records), default=0.0)
+    return EngineRun(
+        records=records,
+        duration_s=max(now - first_send, 0.0),
+        timed_out=timed_out,
+        num_steps=steps,
+        num_preemptions=preemptions,
+        peak_kv_usage=peak_used / total_blocks if total_blocks else 0.0,
+        mean_batch_tokens=batch_tokens / steps if steps else 0.0,
+        prefix_cache_hit_rate=prefix_hits / prefix_queries if prefix_queries else 0.0,
+    )
+
+
+def make_jitter(rng: np.random.Generator, sigma: float, size: int = 4096) -> np.ndarray:
+    """Per-step multiplicative noise, lognormal with median 1 (ones when ``sigma`` is 0)."""
+    if sigma <= 0:
+        return np.ones(1)
+    return np.exp(rng.normal(0.0, sigma, size) - 0.5 * sigma * sigma)

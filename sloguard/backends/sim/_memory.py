@@ -1,0 +1,237 @@
+"""The simulator's memory model and the startup refusals vLLM makes.
+
+vLLM sizes the KV cache as ``gpu_memory_utilization x VRAM - weights - peak activation -
+non-torch memory`` after a profiling forward pass of ``max_num_batched_tokens`` tokens; CUDA
+graphs and the sampler's sort buffers are allocated outside that budget, which is how a config
+that passes the memory probe can still run out of memory under load.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sloguard.crash_classifier import CrashCategory, CrashInfo
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+GIB = float(1 << 30)
+BLOCK_SIZE = 16
+# bytes per weight parameter; 4-bit formats carry group scales
+WEIGHT_BYTES: dict[str, float] = {"fp16": 2.0, "fp8": 1.0, "awq": 0.5625, "gptq": 0.5625}
+
+
+def kv_bytes_per_token(model: DictConfig) -> float:
+    """2 (K and V) x layers x KV heads x head dim x dtype bytes."""
+    return 2.0 * model.num_layers * model.num_kv_heads * model.head_dim * model.dtype_bytes
+
+
+def embedding_params(model: DictConfig) -> float:
+    """Parameters in the token embedding (kept in fp16 by weight-only quantization)."""
+    return float(model.vocab_size * model.hidden_size)
+
+
+def weight_bytes(model: DictConfig, quantization: str) -> float:
+    """Bytes of weights resident on the device."""
+    total = model.num_params_b * 1e9
+    embed = min(embedding_params(model), total)
+    return embed * model.dtype_bytes + (total - embed) * WEIGHT_BYTES[quantization]
+
+
+def activation_bytes(model: DictConfig, max_num_batched_tokens: int, max_num_seqs: int) -> float:
+    """Peak activation memory of the profiling pass, sampler logits included."""
+    per_token = (2 * model.intermediate_size + 4 * model.hidden_size) * model.dtype_bytes
+    logits = min(max_num_seqs, max_num_batched_tokens) * model.vocab_size * 4.0
+    return max_num_batched_tokens * per_token + logits
+
+
+def cudagraph_capture_sizes(max_num_seqs: int, hw: DictConfig) -> int:
+    """How many batch sizes vLLM captures: 1, 2, 4, then multiples of 8 up to its limit."""
+    limit = min(2 * max_num_seqs, hw.cudagraph_max_tokens)
+    return sum(1 for s in (1, 2, 4) if s <= limit) + limit // 8
+
+
+def cudagraph_bytes(model: DictConfig, hw: DictConfig, knobs: dict[str, Any]) -> float:
+    """Memory CUDA graphs hold, growing with the captured sizes and the model's width x depth."""
+    if knobs["enforce_eager"] or not hw.supports_cudagraphs:
+        return 0.0
+    scale = model.hidden_size * model.num_layers / (4096 * 32)
+    return (0.05 + 0.006 * cudagraph_capture_sizes(knobs["max_num_seqs"], hw) * scale) * GIB
+
+
+def sampler_spike_bytes(model: DictConfig, max_num_seqs: int) -> float:
+    """Transient top-p/top-k sort buffers of a full batch (fp32 logits, probs, int64 indices)."""
+    return max_num_seqs * model.vocab_size * 16.0
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Where the device memory goes for one configuration (GiB), and the KV cache it leaves."""
+
+    total_gib: float
+    budget_gib: float
+    weights_gib: float
+    activation_gib: float
+    non_torch_gib: float
+    cudagraph_gib: float
+    kv_cache_gib: float
+    kv_cache_tokens: int
+    num_blocks: int
+    max_concurrency: float  # requests of max_model_len the KV cache holds at once
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: round(float(v), 4) for k, v in self.__dict__.items()}
+
+
+def plan_memory(
+    model: DictConfig, hw: DictConfig, knobs: dict[str, Any]
+) -> tuple[MemoryPlan | None, CrashInfo | None]:
+    """Plan memory at startup the way vLLM does; return the plan or the refusal.
+
+    Refusals carry vLLM's own message text as evidence, so the sim's crashes read like the
+    real server's logs and go through the same taxonomy.
+    """
+    refusal = _config_refusal(model, hw, knobs)
+    if refusal:
+        return None, refusal
+    total = hw.vram_gb * GIB
+    free = total - hw.used_by_others_gb * GIB
+    util = knobs["gpu_memory_utilization"]
+    budget = util * total
+    if budget > free:
+        return None, _oom(
+            "insufficient_free_memory",
+            f"ValueError: Free memory on device ({free / GIB:.2f}/{total / GIB:.2f} GiB) on "
+            f"startup is less than desired GPU memory utilization ({util:.2f}, "
+            f"{budget / GIB:.2f} GiB). Decrease GPU memory utilization or reduce GPU memory "
+            "used by other processes.",
+        )
+    weights = weight_bytes(model, knobs["quantization"])
+    if weights > free:
+        return None, _oom(
+            "weights_do_not_fit",
+            f"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate "
+            f"{weights / GIB:.2f} GiB while loading weights. GPU 0 has a total capacity of "
+            f"{total / GIB:.2f} GiB",
+        )
+    activation = activation_bytes(model, knobs["max_num_batched_tokens"], knobs["max_num_seqs"])
+    non_torch = hw.non_torch_memory_gb * GIB
+    kv = budget - weights - activation - non_torch
+    per_token = kv_bytes_per_token(model)
+    if kv <= 0:
+        return None, _oom(
+            "no_kv_cache_memory",
+            "ValueError: No available memory for the cache blocks. Try increasing "
+            "`gpu_memory_utilization` when initializing the engine.",
+        )
+    num_blocks = int(kv // (per_token * BLOCK_SIZE))
+    tokens = num_blocks * BLOCK_SIZE
+    max_len = knobs["max_model_len"]
+    if tokens < max_len:
+        return None, _oom(
+            "kv_cache_too_small",
+            f"ValueError: To serve at least one request with the model's max seq len "
+            f"({max_len}), ({max_len * per_token / GIB:.2f} GiB KV cache is needed, which is "
+            f"larger than the available KV cache memory ({kv / GIB:.2f} GiB). Based on the "
+            f"available memory, the estimated maximum model length is {tokens}. Try increasing "
+            "`gpu_memory_utilization` or decreasing `max_model_len` when initializing the "
+            "engine.",
+        )
+    graphs = cudagraph_bytes(model, hw, knobs)
+    if budget + graphs > free:
+        return None, _oom(
+            "cudagraph_capture",
+            f"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate "
+            f"{graphs / GIB:.2f} GiB during CUDA graph capture. GPU 0 has a total capacity "
+            f"of {total / GIB:.2f} GiB of which {(free - budget) / GIB:.2f} GiB is free.",
+        )
+    plan = MemoryPlan(
+        total_gib=total / GIB,
+        budget_gib=budget / GIB,
+        weights_gib=weights / GIB,
+        activation_gib=activation / GIB,
+        non_torch_gib=non_torch / GIB,
+        cudagraph_gib=graphs / GIB,
+        kv_cache_gib=kv / GIB,
+        kv_cache_tokens=tokens,
+        num_blocks=num_blocks,
+        max_concurrency=tokens / max_len,
+    )
+    return plan, None
+
+
+def load_oom(
+    model: DictConfig, hw: DictConfig, knobs: dict[str, Any], plan: MemoryPlan
+) -> CrashInfo | None:
+    """The OOM that strikes under load once a full batch's sampler buffers are allocated."""
+    free = (hw.vram_gb - hw.used_by_others_gb) * GIB
+    used = (plan.budget_gib + plan.cudagraph_gib) * GIB
+    spike = sampler_spike_bytes(model, knobs["max_num_seqs"])
+    if used + spike <= free:
+        return None
+    return CrashInfo(
+        CrashCategory.OOM,
+        "oom_under_load",
+        f"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate {spike / GIB:.2f} GiB. "
+        f"GPU 0 has a total capacity of {hw.vram_gb:.2f} GiB of which "
+        f"{max(free - used, 0) / GIB:.2f} GiB is free.",
+        phase="load",
+    )
+
+
+def startup_seconds(model: DictConfig, hw: DictConfig, knobs: dict[str, Any]) -> float:
+    """Modelled server start: engine init, weight load, profiling, graph capture."""
+    load = weight_bytes(model, knobs["quantization"]) / (hw.load_gbps * 1e9)
+    capture = (
+        0.0
+        if knobs["enforce_eager"]
+        else 0.05 * cudagraph_capture_sizes(knobs["max_num_seqs"], hw)
+    )
+    return 8.0 + load + 2.0 + capture
+
+
+def _config_refusal(model: DictConfig, hw: DictConfig, knobs: dict[str, Any]) -> CrashInfo | None:
+    max_len, tokens = knobs["max_model_len"], knobs["max_num_batched_tokens"]
+    if max_len > model.max_position_embeddings:
+        return _config(
+            "max_model_len_too_large",
+            f"pydantic_core._pydantic_core.ValidationError: User-specified max_model_len "
+            f"({max_len}) is greater than the derived max_model_len "
+            f"(max_position_embeddings={model.max_position_embeddings} in model's config.json).",
+        )
+    if tokens < knobs["max_num_seqs"]:
+        return _config(
+            "batched_tokens_below_num_seqs",
+            f"ValueError: max_num_batched_tokens ({tokens}) must be greater than or equal to "
+            f"max_num_seqs ({knobs['max_num_seqs']}).",
+        )
+    if not knobs["enable_chunked_prefill"] and tokens < max_len:
+        return _config(
+            "batched_tokens_below_max_model_len",
+            f"pydantic_core._pydantic_core.ValidationError: max_num_batched_tokens ({tokens}) is "
+            f"smaller than max_model_len ({max_len}). This effectively limits the maximum "
+            "sequence length to max_num_batched_tokens and makes vLLM reject longer sequences. "
+            "Please increase max_num_batched_tokens or decrease max_model_len.",
+        )
+    if knobs["quantization"] not in hw.quantization:
+        return _config(
+            "quantization_unsupported",
+            f"ValueError: The quantization method {knobs['quantization']} is not supported for "
+            f"the current GPU ({hw.name}).",
+        )
+    return None
+
+
+def _oom(subcause: str, evidence: str) -> CrashInfo:
+    return CrashInfo(CrashCategory.OOM, subcause, evidence)
+
+
+def _config(subcause: str, evidence: str) -> CrashInfo:
+    return CrashInfo(CrashCategory.CONFIG, subcause, evidence)
+
+
+def blocks_for(tokens: int) -> int:
+    """KV blocks that hold ``tokens`` tokens."""
+    return math.ceil(tokens / BLOCK_SIZE)

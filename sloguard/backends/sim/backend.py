@@ -1,0 +1,88 @@
+"""The simulator behind the Backend protocol."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from sloguard.backends._base import BaseBackend
+from sloguard.backends.sim._engine import EngineSettings, make_jitter, run_engine
+from sloguard.backends.sim._memory import load_oom, plan_memory, startup_seconds
+from sloguard.backends.sim._roofline import StepTimeModel
+from sloguard.crash_classifier import CrashCategory, CrashInfo
+from sloguard.metrics_collector import build_result
+from sloguard.result import TrialResult
+from sloguard.slo_contract import SloContract
+from sloguard.workload import Workload
+
+
+class SimBackend(BaseBackend):
+    """Evaluates a configuration on the discrete-event engine model, in milliseconds of CPU.
+
+    Startup follows vLLM: config validation, memory planning (refusals carry vLLM's message text
+    and go through the crash taxonomy), then the load phase on the v1 scheduler model. The same
+    seed gives the same result.
+    """
+
+    name = "sim"
+
+    def evaluate(
+        self, config: dict[str, Any], workload: Workload, slo: SloContract, *, seed: int
+    ) -> TrialResult:
+        model, hw, backend = self.cfg.model, self.cfg.hardware, self.cfg.backend
+        wall = time.perf_counter()
+        plan, crash = plan_memory(model, hw, config)
+        if crash is not None or plan is None:
+            return build_result(config, slo, crash=crash)
+        server: dict[str, float] = {
+            "kv_cache_tokens": plan.kv_cache_tokens,
+            "max_concurrency": round(plan.max_concurrency, 3),
+            "kv_cache_gib": round(plan.kv_cache_gib, 3),
+            "startup_s": round(startup_seconds(model, hw, config), 3),
+        }
+        crash = load_oom(model, hw, config, plan)
+        if crash is not None:
+            return build_result(config, slo, crash=crash, server=server)
+        rng = np.random.default_rng(seed)
+        settings = EngineSettings(
+            max_num_seqs=config["max_num_seqs"],
+            max_num_batched_tokens=config["max_num_batched_tokens"],
+            max_model_len=config["max_model_len"],
+            enable_chunked_prefill=config["enable_chunked_prefill"],
+            enable_prefix_caching=config["enable_prefix_caching"],
+            num_blocks=plan.num_blocks,
+        )
+        run = run_engine(
+            workload,
+            settings,
+            StepTimeModel(model, hw, config),
+            make_jitter(rng, backend.noise),
+            backend.timeout_s,
+        )
+        server.update(
+            num_steps=run.num_steps,
+            num_preemptions=run.num_preemptions,
+            peak_kv_usage=round(run.peak_kv_usage, 4),
+            mean_batch_tokens=round(run.mean_batch_tokens, 2),
+            prefix_cache_hit_rate=round(run.prefix_cache_hit_rate, 4),
+            sim_wall_s=round(time.perf_counter() - wall, 4),
+        )
+        if run.timed_out:
+            unfinished = sum(1 for r in run.records if r.error and r.error.startswith("timeout"))
+            crash = CrashInfo(
+                CrashCategory.TIMEOUT,
+                "load_timeout",
+                f"{unfinished} of {len(run.records)} requests unfinished after "
+                f"{backend.timeout_s:g} s of load",
+                phase="load",
+            )
+        elif backend.cuda_error_rate > 0 and rng.random() < backend.cuda_error_rate:
+            crash = CrashInfo(
+                CrashCategory.CUDA,
+                "illegal_memory_access",
+                "RuntimeError: CUDA error: an illegal memory access was encountered",
+                phase="load",
+            )
+        return build_result(config, slo, run.records, run.duration_s, crash=crash, server=server)

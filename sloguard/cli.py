@@ -1,0 +1,95 @@
+"""The ``sloguard`` command: ``tune`` runs studies, ``evaluate`` measures one configuration."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from sloguard.config import ConfigError, to_container
+
+_EPILOG = """examples:
+  sloguard tune optimizer=tpe seed=42
+  sloguard tune -m seed=42,142 optimizer=random,tpe
+  sloguard evaluate knobs.max_num_seqs=32 knobs.enforce_eager=true
+  sloguard evaluate model=llama-3.1-8b hardware=l4-24gb knobs.gpu_memory_utilization=0.7
+
+Overrides are Hydra's: group=option (model, hardware, slo, workload, optimizer, backend,
+space) or key=value (seed, budget, resume, slo.ttft_ms, space.max_num_seqs.high, ...)."""
+
+
+def evaluate(overrides: Sequence[str]) -> dict[str, Any]:
+    """Evaluate one fixed configuration (``knobs.*``; the rest from the space's defaults)."""
+    from sloguard.backends import create_backend
+    from sloguard.experiment_runner import slo_from_config, trial_seed
+    from sloguard.space import SearchSpace
+    from sloguard.tune import compose_config
+    from sloguard.workload import build_workload
+
+    cfg = compose_config(overrides)
+    space = SearchSpace.from_config(cfg.space)
+    fixed = {k: v for k, v in to_container(cfg.knobs).items() if v is not None}
+    repair = space.repair(space.complete(fixed), cfg.model.max_position_embeddings)
+    backend = create_backend(cfg)
+    result = backend.evaluate(
+        repair.config,
+        build_workload(cfg.workload),
+        slo_from_config(cfg),
+        seed=trial_seed(cfg.seed, 0),
+    )
+    return {
+        "model": cfg.model.name,
+        "hardware": cfg.hardware.name,
+        "backend": cfg.backend.name,
+        "workload": cfg.workload.name,
+        "slo": to_container(cfg.slo),
+        "repairs": list(repair.changes),
+        **result.to_dict(),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="sloguard",
+        description="Crash-aware autotuner for vLLM serving: find the configuration with the "
+        "highest SLO goodput.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser(
+        "tune", help="run a tuning study (Hydra overrides; -m for sweeps)", add_help=False
+    )
+    sub.add_parser(
+        "evaluate", help="evaluate one fixed configuration and print it as JSON", add_help=False
+    )
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "tune":
+        from sloguard.tune import main as tune_main
+
+        tune_main(rest)
+        return
+    try:
+        payload = evaluate(rest)
+    except ConfigError as e:
+        print(f"sloguard: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(_finite(payload), indent=2))
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: report undefined numbers as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""Typed configuration schema for Hydra and its semantic validation.
+
+The dataclasses below are registered in Hydra's ConfigStore as the schema of ``conf/config.yaml``,
+so a misspelled key or a wrongly typed value fails when the configuration is composed. Checks that
+a type cannot express (a negative budget, an SLO of zero, a range with ``low > high``) live in
+:func:`validate`, which raises :class:`ConfigError` with one line naming the bad value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message is one line naming it and what is allowed."""
+
+
+@dataclass
+class ModelConfig:
+    """Architecture numbers that decide memory and speed (from the model's config.json)."""
+
+    name: str = MISSING
+    path: str = ""  # Hugging Face id or local directory the vllm backend serves
+    num_params_b: float = MISSING  # parameters, billions
+    num_layers: int = MISSING
+    hidden_size: int = MISSING
+    intermediate_size: int = MISSING
+    num_attention_heads: int = MISSING
+    num_kv_heads: int = MISSING
+    head_dim: int = MISSING
+    vocab_size: int = MISSING
+    max_position_embeddings: int = MISSING
+    dtype_bytes: int = 2
+
+
+@dataclass
+class HardwareConfig:
+    """One accelerator: memory, roofline peaks and per-step overheads."""
+
+    name: str = MISSING
+    vram_gb: float = MISSING  # GiB the engine can see (host memory for the CPU build)
+    peak_tflops: float = MISSING  # dense fp16 tensor throughput
+    mem_bw_gbps: float = MISSING  # GB/s
+    compute_efficiency: float = 0.7
+    bandwidth_efficiency: float = 0.85
+    graph_step_overhead_ms: float = 0.8  # per step with CUDA graphs
+    eager_step_overhead_ms: float = 1.5  # per step in eager mode, plus the per-layer cost
+    eager_layer_overhead_ms: float = 0.08
+    cudagraph_max_tokens: int = 512  # largest captured batch (vLLM's max capture size)
+    non_torch_memory_gb: float = 0.6  # CUDA context, NCCL, allocator slack
+    used_by_others_gb: float = 0.0  # memory other processes hold on the device
+    load_gbps: float = 2.0  # weight loading speed at startup, GB/s
+    supports_cudagraphs: bool = True
+    quantization: list[str] = field(default_factory=lambda: ["fp16", "fp8", "awq", "gptq"])
+
+
+@dataclass
+class SloConfig:
+    """Latency SLOs: a trial is feasible when both percentiles are within their thresholds."""
+
+    name: str = "default"
+    ttft_ms: float = 500.0
+    itl_ms: float = 100.0
+    percentile: float = 99.0
+    e2el_ms: float | None = None  # optional end-to-end limit per request
+
+
+@dataclass
+class LengthConfig:
+    """A token-length distribution: fixed, uniform or lognormal (from mean and median)."""
+
+    dist: str = "fixed"
+    mean: float = 128.0
+    median: float | None = None  # lognormal only; defaults to mean / 1.25
+    low: int = 1
+    high: int = 4096
+
+
+@dataclass
+class WorkloadConfig:
+    """Requests a trial serves: lengths, arrivals, count; seeded so every trial sees the same."""
+
+    name: str = MISSING
+    num_requests: int = 200
+    prompt_len: LengthConfig = field(default_factory=LengthConfig)
+    output_len: LengthConfig = field(default_factory=LengthConfig)
+    arrival: str = "closed"  # closed | poisson | gamma
+    request_rate: float = 10.0  # req/s for poisson and gamma
+    burstiness: float = 1.0  # gamma shape; 1.0 is Poisson
+    concurrency: int = 0  # in-flight cap; required for closed, optional for open loops
+    ramp_up_s: float = 0.0  # closed loop: spread the first `concurrency` requests over this
+    shared_prefix_len: int = 0  # tokens of a prefix shared by requests of one group
+    num_prefix_groups: int = 0
+    seed: int = 0
+
+
+@dataclass
+class OptimizerConfig:
+    """Which optimizer proposes configurations, and its settings."""
+
+    name: str = MISSING
+    n_startup_trials: int = 5
+
+
+@dataclass
+class BackendConfig:
+    """Where a configuration is evaluated."""
+
+    name: str = MISSING
+    noise: float = 0.03  # sim: lognormal sigma of per-step time jitter
+    timeout_s: float = 600.0  # load phase limit; past it the trial is a timeout crash
+    cuda_error_rate: float = 0.0  # sim: chance that a trial dies of a transient CUDA error
+
+
+@dataclass
+class IntRangeConfig:
+    low: int = MISSING
+    high: int = MISSING
+    log: bool = True
+    default: int = MISSING
+
+
+@dataclass
+class FloatRangeConfig:
+    low: float = MISSING
+    high: float = MISSING
+    log: bool = False
+    default: float = MISSING
+
+
+@dataclass
+class BoolChoiceConfig:
+    choices: list[bool] = field(default_factory=lambda: [True, False])
+    default: bool = False
+
+
+@dataclass
+class StrChoiceConfig:
+    choices: list[str] = field(default_factory=lambda: ["fp16"])
+    default: str = "fp16"
+
+
+@dataclass
+class SpaceConfig:
+    """Ranges of the eight vLLM knobs, in vLLM's own engine-argument names."""
+
+    name: str = "default"
+    quantization: StrChoiceConfig = field(default_factory=StrChoiceConfig)
+    max_num_seqs: IntRangeConfig = field(default_factory=IntRangeConfig)
+    max_num_batched_tokens: IntRangeConfig = field(default_factory=IntRangeConfig)
+    gpu_memory_utilization: FloatRangeConfig = field(default_factory=FloatRangeConfig)
+    max_model_len: IntRangeConfig = field(default_factory=IntRangeConfig)
+    enforce_eager: BoolChoiceConfig = field(default_factory=BoolChoiceConfig)
+    enable_chunked_prefill: BoolChoiceConfig = field(default_factory=BoolChoiceConfig)
+    enable_prefix_caching: BoolChoiceConfig = field(default_factory=BoolChoiceConfig)
+    repair: bool = True  # cap and bump knobs to what vLLM accepts before launching
+
+
+@dataclass
+class KnobsConfig:
+    """Fixed knob values for ``sloguard evaluate``; unset knobs take the space's defaults."""
+
+    quantization: str | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    gpu_memory_utilization: float | None = None
+    max_model_len: int | None = None
+    enforce_eager: bool | None = None
+    enable_chunked_prefill: bool | None = None
+    enable_prefix_caching: bool | None = None
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow settings; ``uri`` null means $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db."""
+
+    uri: str | None = None
+    experiment: str = "sloguard"
+    log_requests: bool = True
+
+
+@dataclass
+class Config:
+    """The root configuration that ``conf/config.yaml`` composes."""
+
+    model: ModelConfig = MISSING
+    hardware: HardwareConfig = MISSING
+    slo: SloConfig = MISSING
+    workload: WorkloadConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    backend: BackendConfig = MISSING
+    space: SpaceConfig = MISSING
+    knobs: KnobsConfig = field(default_factory=KnobsConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 42
+    budget: int = 15
+    resume: bool = False
+    study_name: str | None = None
+    study_dir: str = "studies"
+    progress: bool = True
+
+
+def register_configs() -> None:
+    """Register the schema so ``conf/config.yaml`` can name it in its defaults list."""
+    ConfigStore.instance().store(name="sloguard_schema", node=Config)
+
+
+def to_container(cfg: DictConfig) -> dict[str, Any]:
+    """Resolve a composed config into plain Python containers."""
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check what the schema's types cannot; raise ConfigError naming the first bad value."""
+    from sloguard.backends import BACKENDS
+    from sloguard.optimizer import OPTIMIZERS
+    from sloguard.space import SearchSpace
+    from sloguard.workload import ARRIVALS, LENGTH_DISTS
+
+    _check_choice("optimizer.name", cfg.optimizer.name, sorted(OPTIMIZERS))
+    _check_choice("backend.name", cfg.backend.name, sorted(BACKENDS))
+    if cfg.budget < 1:
+        raise ConfigError(f"budget={cfg.budget} is invalid; it must be an integer >= 1")
+    for key in ("ttft_ms", "itl_ms"):
+        _check_positive(f"slo.{key}", cfg.slo[key])
+    if cfg.slo.e2el_ms is not None:
+        _check_positive("slo.e2el_ms", cfg.slo.e2el_ms)
+    if not 0.0 < cfg.slo.percentile <= 100.0:
+        raise ConfigError(
+            f"slo.percentile={cfg.slo.percentile} is invalid; it must be in (0, 100]"
+        )
+    workload = cfg.workload
+    _check_choice("workload.arrival", workload.arrival, ARRIVALS)
+    for key in ("num_requests", "request_rate", "burstiness"):
+        _check_positive(f"workload.{key}", workload[key])
+    if workload.arrival == "closed":
+        _check_positive("workload.concurrency", workload.concurrency)
+    for which in ("prompt_len", "output_len"):
+        dist = workload[which]
+        _check_choice(f"workload.{which}.dist", dist.dist, LENGTH_DISTS)
+        _check_positive(f"workload.{which}.mean", dist.mean)
+        if not 1 <= dist.low <= dist.high:
+            raise ConfigError(
+                f"workload.{which}: low={dist.low}, high={dist.high} is invalid; "
+                "it needs 1 <= low <= high"
+            )
+    for key in ("vram_gb", "peak_tflops", "mem_bw_gbps"):
+        _check_positive(f"hardware.{key}", cfg.hardware[key])
+    if cfg.backend.noise < 0:
+        raise ConfigError(f"backend.noise={cfg.backend.noise} is invalid; it must be >= 0")
+    _check_positive("backend.timeout_s", cfg.backend.timeout_s)
+    space = SearchSpace.from_config(cfg.space)  # raises ConfigError on a bad range
+    fixed = {k: v for k, v in to_container(cfg.knobs).items() if v is not None}
+    space.check_values(fixed, where="knobs")
+
+
+def _check_choice(key: str, value: Any, choices: list[str] | tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not known; choose one of: {', '.join(choices)}")
+
+
+def _check_positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{key}={value} is invalid; it must be > 0")

@@ -1,0 +1,193 @@
+"""Entry point: ``python -m sloguard.tune [hydra overrides]`` runs one study, ``-m`` sweeps.
+
+Examples::
+
+    python -m sloguard.tune optimizer=random seed=7 budget=30
+    python -m sloguard.tune -m seed=42,142 optimizer=random,tpe
+
+Every override (each combination of a sweep) is composed and validated before anything runs,
+so a bad value fails with one line, exit status 2, and no MLflow run or trial log written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import hydra
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import MissingConfigException
+from hydra.types import RunMode
+from omegaconf import DictConfig
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+from sloguard.config import ConfigError, register_configs, validate
+from sloguard.experiment_runner import run_study
+
+CONF_DIR = Path(os.environ.get("SLOGUARD_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
+# Hydra flags after which validation is skipped (they print, they do not run)
+_INFO_FLAGS = {
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--info",
+    "-i",
+    "--cfg",
+    "-c",
+    "--shell-completion",
+    "-sc",
+}
+_FLAGS_WITH_VALUE = {
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+}
+_env_run_id: str | None = None  # MLFLOW_RUN_ID as `mlflow run` exported it
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose and validate the configuration for ``overrides`` (no sweeps).
+
+    Raises:
+        ConfigError: With one line naming the bad value and what is allowed.
+    """
+    register_configs()
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=list(overrides))
+    except MissingConfigException as e:
+        raise ConfigError(_missing_option(e)) from None
+    except Exception as e:  # noqa: BLE001 - Hydra and OmegaConf raise many types
+        raise ConfigError(_unknown_key(e) or _one_line(e)) from None
+    validate(cfg)
+    return cfg
+
+
+def expand_sweeps(overrides: Sequence[str]) -> list[list[str]]:
+    """Every combination of a sweep's values, as plain override lists."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(_one_line(e)) from None
+    choices = []
+    for override in parsed:
+        if override.is_sweep_override():
+            key = override.get_key_element()
+            choices.append([f"{key}={v}" for v in override.sweep_string_iterator()])
+        else:
+            choices.append([override.input_line])
+    return [list(combo) for combo in itertools.product(*choices)]
+
+
+def check_overrides(argv: Sequence[str]) -> None:
+    """Validate every job a command line would run; raise ConfigError on the first bad one."""
+    overrides: list[str] = []
+    skip_next = False
+    for arg in argv:
+        if skip_next:
+            skip_next = False
+        elif arg in _INFO_FLAGS:
+            return
+        elif arg in _FLAGS_WITH_VALUE:
+            skip_next = True
+        elif not arg.startswith("-") and not arg.startswith("hydra"):
+            overrides.append(arg)
+    for combo in expand_sweeps(overrides):
+        compose_config(combo)
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def _job(cfg: DictConfig) -> float | None:
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        outcome = run_study(cfg, env_run_id=_env_run_id, nest_under_env_run=multirun)
+    except ConfigError as e:
+        print(f"sloguard: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    best = outcome.best
+    if best is None:
+        print(
+            f"study {outcome.study_name}: no feasible configuration in "
+            f"{len(outcome.records)} trials"
+        )
+        return None
+    m = best.result.metrics
+    print(
+        f"study {outcome.study_name}: best trial #{best.number} "
+        f"goodput {m['goodput_tok_s']:.1f} tok/s, TTFT p99 {m['ttft_p99_ms']:.1f} ms, "
+        f"ITL p99 {m['itl_p99_ms']:.1f} ms; MLflow run {outcome.run_id}"
+    )
+    print("  " + " ".join(f"{k}={v}" for k, v in best.result.config.items()))
+    return best.result.utility
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Validate the command line, then hand it to Hydra."""
+    global _env_run_id
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        check_overrides(args)
+    except ConfigError as e:
+        print(f"sloguard: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    # `mlflow run` exports the run to log into; only the first start_run would see it under a
+    # multirun, so take it out of the environment and pass it on explicitly
+    _env_run_id = os.environ.pop("MLFLOW_RUN_ID", None)
+    sys.argv = [sys.argv[0], *args]
+    register_configs()
+    _job()
+
+
+def _missing_option(e: MissingConfigException) -> str:
+    missing = e.missing_cfg_file or ""
+    if "/" in missing and e.options:
+        group, value = missing.rsplit("/", 1)
+        return f"{group}={value!r} is not known; choose one of: {', '.join(sorted(e.options))}"
+    return _one_line(e)
+
+
+def _unknown_key(e: BaseException) -> str | None:
+    """'space.foo is not known; choose one of: ...' for an override of a key the schema lacks."""
+    cause = e.__cause__ or e.__context__
+    parent = getattr(cause, "object_type", None)
+    key = getattr(cause, "key", None)
+    if (
+        not isinstance(cause, (ConfigKeyError, ConfigAttributeError))
+        or key is None
+        or not dataclasses.is_dataclass(parent)
+    ):
+        return None
+    full_key = str(getattr(cause, "full_key", key))
+    names = [f.name for f in dataclasses.fields(parent)]
+    return f"{full_key!r} is not known; choose one of: {', '.join(names)}"
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    cause = e.__cause__ or e.__context__
+    if cause is not None:
+        lines += [ln.strip() for ln in str(cause).splitlines()[:1] if ln.strip()]
+    text = "; ".join(
+        dict.fromkeys(
+            ln
+            for ln in lines
+            if not ln.startswith(
+                ("full_key", "object_type", "reference_type", "Set the environment")
+            )
+        )
+    )
+    return text or type(e).__name__
+
+
+if __name__ == "__main__":
+    main()
