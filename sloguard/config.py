@@ -53,6 +53,7 @@ class HardwareConfig:
     cudagraph_max_tokens: int = 512  # largest captured batch (vLLM's max capture size)
     non_torch_memory_gb: float = 0.6  # CUDA context, NCCL, allocator slack
     used_by_others_gb: float = 0.0  # memory other processes hold on the device
+    fragmentation_frac: float = 0.03  # allocator growth under load, share of VRAM
     load_gbps: float = 2.0  # weight loading speed at startup, GB/s
     supports_cudagraphs: bool = True
     quantization: list[str] = field(default_factory=lambda: ["fp16", "fp8", "awq", "gptq"])

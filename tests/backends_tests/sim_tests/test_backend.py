@@ -1,0 +1,113 @@
+"""Invariants a vLLM engineer would check, through the Backend protocol."""
+
+from __future__ import annotations
+
+import pytest
+
+from sloguard.backends import create_backend
+from sloguard.crash_classifier import CrashCategory
+from sloguard.experiment_runner import slo_from_config
+from sloguard.space import SearchSpace
+from sloguard.workload import build_workload
+
+
+@pytest.fixture
+def evaluate(compose):
+    def _evaluate(*overrides: str, seed: int = 1, **knobs):
+        cfg = compose(*overrides)
+        space = SearchSpace.from_config(cfg.space)
+        config = space.repair(space.complete(knobs), cfg.model.max_position_embeddings).config
+        return create_backend(cfg).evaluate(
+            config, build_workload(cfg.workload), slo_from_config(cfg), seed=seed
+        )
+
+    return _evaluate
+
+
+def test_same_seed_same_result_and_noise_varies_it(evaluate) -> None:
+    a, b, c = evaluate(seed=3), evaluate(seed=3), evaluate(seed=4)
+    assert a.metrics == b.metrics
+    assert a.metrics["ttft_p99_ms"] != c.metrics["ttft_p99_ms"]
+    assert (
+        abs(a.metrics["output_throughput_tok_s"] / c.metrics["output_throughput_tok_s"] - 1) < 0.05
+    )
+
+
+def test_throughput_rises_with_max_num_seqs_until_the_client_binds(evaluate) -> None:
+    thr = {
+        s: evaluate(max_num_seqs=s).metrics["output_throughput_tok_s"] for s in (4, 8, 16, 32, 128)
+    }
+    assert thr[4] < thr[8] < thr[16] < thr[32]
+    assert thr[128] == pytest.approx(thr[32], rel=0.05)  # 32 users: no more to batch
+
+
+def test_eager_mode_slows_decode(evaluate) -> None:
+    graphs, eager = evaluate(enforce_eager=False), evaluate(enforce_eager=True)
+    assert eager.metrics["itl_p50_ms"] > 1.3 * graphs.metrics["itl_p50_ms"]
+    assert eager.metrics["output_throughput_tok_s"] < graphs.metrics["output_throughput_tok_s"]
+
+
+def test_chunked_prefill_lowers_itl_p99_under_long_prompts(evaluate) -> None:
+    whole = evaluate(
+        "workload=summarize", enable_chunked_prefill=False, max_num_batched_tokens=4096
+    )
+    chunked = evaluate(
+        "workload=summarize", enable_chunked_prefill=True, max_num_batched_tokens=512
+    )
+    assert chunked.metrics["itl_p99_ms"] < 0.7 * whole.metrics["itl_p99_ms"]
+    assert chunked.metrics["ttft_p50_ms"] > whole.metrics["ttft_p50_ms"]  # the price
+
+
+def test_preemptions_appear_when_kv_is_short(evaluate) -> None:
+    short = evaluate(
+        "model=llama-3.1-8b", "hardware=l4-24gb", gpu_memory_utilization=0.78, max_model_len=2048
+    )
+    roomy = evaluate(
+        "model=llama-3.1-8b", "hardware=l4-24gb", gpu_memory_utilization=0.93, max_model_len=2048
+    )
+    assert short.crash is None and roomy.crash is None
+    assert short.server["num_preemptions"] > roomy.server["num_preemptions"]
+    assert short.server["kv_cache_tokens"] < roomy.server["kv_cache_tokens"]
+
+
+def test_prefix_caching_cuts_ttft_on_shared_prefixes(evaluate) -> None:
+    shared = ("workload.shared_prefix_len=768", "workload.num_prefix_groups=4")
+    on = evaluate(*shared, enable_prefix_caching=True)
+    off = evaluate(*shared, enable_prefix_caching=False)
+    assert on.server["prefix_cache_hit_rate"] > 0.5
+    assert off.server["prefix_cache_hit_rate"] == 0.0
+    assert on.metrics["ttft_p50_ms"] < 0.8 * off.metrics["ttft_p50_ms"]
+
+
+def test_burstier_arrivals_raise_p99(evaluate) -> None:
+    poisson = evaluate("workload=chat-poisson", "workload.request_rate=20")
+    bursty = evaluate(
+        "workload=chat-poisson",
+        "workload.request_rate=20",
+        "workload.arrival=gamma",
+        "workload.burstiness=0.2",
+    )
+    assert bursty.metrics["ttft_p99_ms"] > 1.5 * poisson.metrics["ttft_p99_ms"]
+
+
+def test_crashes_come_back_as_results_not_exceptions(evaluate) -> None:
+    oom = evaluate("model=llama-3.1-8b", "hardware=l4-24gb", gpu_memory_utilization=0.6)
+    assert oom.crash.category is CrashCategory.OOM and oom.utility is None
+    assert not oom.feasible and oom.metrics == {}
+    slow = evaluate("backend.timeout_s=0.5")
+    assert slow.crash.category is CrashCategory.TIMEOUT and slow.crash.phase == "load"
+    cuda = evaluate("backend.cuda_error_rate=1.0")
+    assert cuda.crash.category is CrashCategory.CUDA
+
+
+def test_oom_under_load_passes_the_memory_probe(evaluate) -> None:
+    # high utilisation leaves too little headroom for a full batch's sampler buffers
+    result = evaluate(
+        "model=llama-3.1-8b",
+        "hardware=l4-24gb",
+        gpu_memory_utilization=0.95,
+        max_num_seqs=128,
+        max_model_len=2048,
+    )
+    assert result.crash.subcause == "oom_under_load" and result.crash.phase == "load"
+    assert result.server["kv_cache_tokens"] > 0  # it started

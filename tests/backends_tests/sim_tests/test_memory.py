@@ -1,0 +1,99 @@
+import pytest
+
+from sloguard.backends.sim import kv_bytes_per_token, plan_memory
+from sloguard.crash_classifier import CrashCategory
+from sloguard.space import SearchSpace
+
+
+def _knobs(compose_cfg, **kw):
+    return SearchSpace.from_config(compose_cfg.space).complete(kw)
+
+
+def test_kv_bytes_per_token_matches_design(compose) -> None:
+    # DESIGN.md: Qwen2-1.5B 28 layers x 2 KV heads x 128 x fp16 x 2 = 28 KiB per token
+    assert kv_bytes_per_token(compose().model) == 28 * 1024
+    assert kv_bytes_per_token(compose("model=llama-3.1-8b").model) == 128 * 1024
+
+
+def test_kv_budget_is_utilisation_minus_weights_activations_overhead(compose) -> None:
+    cfg = compose()
+    plan, crash = plan_memory(cfg.model, cfg.hardware, _knobs(cfg, gpu_memory_utilization=0.9))
+    assert crash is None
+    expected = 0.9 * 39.4 - plan.weights_gib - plan.activation_gib - plan.non_torch_gib
+    assert plan.kv_cache_gib == pytest.approx(expected)
+    assert plan.weights_gib == pytest.approx(1.54e9 * 2 / 2**30, rel=1e-6)
+    assert plan.kv_cache_tokens == pytest.approx(plan.kv_cache_gib * 2**30 / (28 * 1024), abs=16)
+    higher, _ = plan_memory(cfg.model, cfg.hardware, _knobs(cfg, gpu_memory_utilization=0.95))
+    assert higher.kv_cache_tokens > plan.kv_cache_tokens
+    bigger_budget, _ = plan_memory(
+        cfg.model, cfg.hardware, _knobs(cfg, max_num_batched_tokens=8192)
+    )
+    assert bigger_budget.activation_gib > plan.activation_gib
+
+
+@pytest.mark.parametrize(
+    ("overrides", "knobs", "category", "subcause", "text"),
+    [
+        (
+            ["model=llama-3.1-8b", "hardware=l4-24gb"],
+            {"gpu_memory_utilization": 0.6},
+            CrashCategory.OOM,
+            "no_kv_cache_memory",
+            "No available memory for the cache blocks",
+        ),
+        (
+            ["model=llama-3.1-8b", "hardware=l4-24gb"],
+            {"gpu_memory_utilization": 0.72},
+            CrashCategory.OOM,
+            "kv_cache_too_small",
+            "To serve at least one request with the model's max seq len (4096)",
+        ),
+        (
+            ["hardware=l4-24gb", "model=llama-3.1-8b"],
+            {"gpu_memory_utilization": 0.99},
+            CrashCategory.OOM,
+            "insufficient_free_memory",
+            "less than desired GPU memory utilization",
+        ),
+        (
+            [],
+            {
+                "enable_chunked_prefill": False,
+                "max_num_batched_tokens": 512,
+                "max_model_len": 4096,
+            },
+            CrashCategory.CONFIG,
+            "batched_tokens_below_max_model_len",
+            "max_num_batched_tokens (512) is smaller than max_model_len (4096)",
+        ),
+        (
+            [],
+            {"max_num_batched_tokens": 64, "max_num_seqs": 128},
+            CrashCategory.CONFIG,
+            "batched_tokens_below_num_seqs",
+            "must be greater than or equal to max_num_seqs (128)",
+        ),
+        (
+            ["model=tiny-random"],
+            {"max_model_len": 8192},
+            CrashCategory.CONFIG,
+            "max_model_len_too_large",
+            "User-specified max_model_len (8192) is greater than the derived max_model_len",
+        ),
+        (
+            ["hardware=cpu", "model=tiny-random"],
+            {"quantization": "awq"},
+            CrashCategory.CONFIG,
+            "quantization_unsupported",
+            "quantization method awq",
+        ),
+    ],
+)
+def test_startup_refusals_read_like_vllm(
+    compose, overrides, knobs, category, subcause, text
+) -> None:
+    cfg = compose(*overrides)
+    plan, crash = plan_memory(cfg.model, cfg.hardware, _knobs(cfg, **knobs))
+    assert plan is None
+    assert (crash.category, crash.subcause, crash.phase) == (category, subcause, "startup")
+    assert text in crash.evidence

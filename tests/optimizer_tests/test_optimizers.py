@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import pytest
+
+from sloguard.crash_classifier import CrashCategory, CrashInfo
+from sloguard.optimizer import OPTIMIZERS, create_optimizer
+from sloguard.result import TrialResult
+from sloguard.space import SearchSpace
+
+
+def _score(params: dict) -> TrialResult:
+    """A synthetic objective: more seqs is better, eager crashes."""
+    if params["enforce_eager"]:
+        return TrialResult(params, crash=CrashInfo(CrashCategory.OOM, "x", "CUDA out of memory"))
+    return TrialResult(params, feasible=True, utility=float(params["max_num_seqs"]))
+
+
+@pytest.fixture
+def space(compose) -> SearchSpace:
+    return SearchSpace.from_config(compose().space)
+
+
+def _make(name: str, space: SearchSpace, seed: int, compose):
+    return create_optimizer(compose(f"optimizer={name}").optimizer, space, seed)
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_proposals_respect_the_space_and_its_condition(name, space, compose) -> None:
+    opt = _make(name, space, 0, compose)
+    for _ in range(25):
+        params = opt.ask()
+        assert set(params) <= set(space.knobs)
+        assert all(space.knobs[k].contains(v) for k, v in params.items())
+        assert ("enable_chunked_prefill" in params) == (not params["enforce_eager"])
+        opt.tell(params, _score(params))
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_same_seed_same_proposals(name, space, compose) -> None:
+    runs = []
+    for _ in range(2):
+        opt, seen = _make(name, space, 7, compose), []
+        for _ in range(12):
+            params = opt.ask()
+            opt.tell(params, _score(params))
+            seen.append(params)
+        runs.append(seen)
+    assert runs[0] == runs[1]
+    other = _make(name, space, 8, compose).ask()
+    assert other != runs[0][0]
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_replayed_history_resumes_exactly(name, space, compose) -> None:
+    straight, history = _make(name, space, 3, compose), []
+    for _ in range(10):
+        params = straight.ask()
+        straight.tell(params, _score(params))
+        history.append(params)
+    expected_next = straight.ask()
+    resumed = _make(name, space, 3, compose)
+    for params in history:
+        resumed.tell(params, _score(params))
+    assert resumed.ask() == expected_next
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_survives_a_history_of_only_crashes(name, space, compose) -> None:
+    opt = _make(name, space, 1, compose)
+    crash = CrashInfo(CrashCategory.CUDA, "x", "CUDA error")
+    for _ in range(12):
+        params = opt.ask()
+        opt.tell(params, TrialResult(params, crash=crash))
+    assert set(opt.ask()) <= set(space.knobs)
+
+
+def test_tpe_learns_from_results(space, compose) -> None:
+    """After its startup trials TPE concentrates where utility is high (many seqs, no eager)."""
+    opt = _make("tpe", space, 0, compose)
+    late = []
+    for i in range(40):
+        params = opt.ask()
+        opt.tell(params, _score(params))
+        if i >= 25:
+            late.append(params)
+    assert sum(not p["enforce_eager"] for p in late) >= 12
+    assert sum(p["max_num_seqs"] for p in late) / len(late) > 50  # random mean is ~36

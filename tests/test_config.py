@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sloguard.config import ConfigError
+from tests.conftest import REPO, run_cli
+
+GROUPS = sorted(p.name for p in (REPO / "conf").iterdir() if p.is_dir())
+OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((REPO / "conf" / g).glob("*.yaml"))]
+
+
+def test_every_group_has_options() -> None:
+    assert GROUPS == ["backend", "hardware", "model", "optimizer", "slo", "space", "workload"]
+    assert {"qwen2-1.5b", "llama-3.1-8b", "tiny-random"} <= {o for g, o in OPTIONS if g == "model"}
+    assert {"a100-40gb", "h100-80gb", "l4-24gb", "cpu"} <= {
+        o for g, o in OPTIONS if g == "hardware"
+    }
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS)
+def test_every_config_file_composes_and_validates(compose, group: str, option: str) -> None:
+    cfg = compose(f"{group}={option}")
+    assert cfg[group].name == option  # every option names itself
+
+
+def test_defaults_are_the_seed_setting(compose) -> None:
+    cfg = compose()
+    assert (cfg.model.name, cfg.hardware.name) == ("qwen2-1.5b", "a100-40gb")
+    assert (cfg.slo.ttft_ms, cfg.slo.itl_ms, cfg.slo.percentile) == (500, 100, 99)
+    assert (cfg.budget, cfg.backend.name) == (15, "sim")
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("optimizer=foo", "optimizer='foo' is not known; choose one of: random, tpe"),
+        ("model=gpt5", "choose one of: llama-3.1-8b, qwen2-1.5b, tiny-random"),
+        ("hardware=tpu", "hardware='tpu' is not known"),
+        ("budget=-1", "budget=-1 is invalid; it must be an integer >= 1"),
+        ("budget=abc", "budget=abc"),
+        ("slo.ttft_ms=0", "slo.ttft_ms=0.0 is invalid; it must be > 0"),
+        ("slo.itl_ms=-5", "slo.itl_ms=-5.0 is invalid"),
+        ("space.foo.low=3", "'space.foo' is not known; choose one of: name, quantization"),
+        ("space.max_num_seqs.low=300", "low=300, high=128 is invalid"),
+        ("space.quantization.choices=[int3]", "'int3' is not known"),
+        ("knobs.max_num_seq=3", "'knobs.max_num_seq' is not known"),
+        ("knobs.gpu_memory_utilization=1.5", "must be in (0, 1]"),
+        ("workload.arrival=fast", "workload.arrival='fast' is not known"),
+        ("optimizer.name=bogus", "optimizer.name='bogus' is not known"),
+    ],
+)
+def test_bad_overrides_fail_with_one_clear_line(compose, override: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        compose(override)
+    message = str(info.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "args", [["optimizer=foo"], ["budget=0"], ["-m", "seed=1,2", "optimizer=random,nope"]]
+)
+def test_cli_rejects_bad_input_and_writes_nothing(
+    study_env, tmp_path: Path, args: list[str]
+) -> None:
+    proc = run_cli(["-m", "sloguard.tune", *args], cwd=tmp_path, env=study_env)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sloguard: error: ")
+    assert not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "studies").exists()
+    assert not (tmp_path / "outputs").exists()

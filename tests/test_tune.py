@@ -1,0 +1,104 @@
+"""The entry points as users run them: Hydra multirun, `mlflow run`, and MLFLOW_RUN_ID."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.conftest import REPO, run_cli
+
+FAST = ["workload=smoke", "progress=false"]
+
+
+def _runs(env: dict[str, str]):
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    return mlflow.search_runs(search_all_experiments=True)
+
+
+@pytest.mark.slow
+def test_multirun_runs_one_study_per_combination(study_env, tmp_path: Path) -> None:
+    proc = run_cli(
+        ["-m", "sloguard.tune", "-m", "seed=42,142", "optimizer=random,tpe", "budget=3", *FAST],
+        cwd=tmp_path,
+        env=study_env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    runs = _runs(study_env)
+    studies = runs[runs["tags.sloguard.role"] == "study"]
+    assert sorted(zip(studies["tags.optimizer"], studies["tags.seed"], strict=True)) == [
+        ("random", "142"),
+        ("random", "42"),
+        ("tpe", "142"),
+        ("tpe", "42"),
+    ]
+    trials = runs[runs["tags.sloguard.role"] == "trial"]
+    assert trials.groupby("tags.mlflow.parentRunId").size().tolist() == [3, 3, 3, 3]
+    assert len(list((tmp_path / "studies").glob("*/trials.jsonl"))) == 4
+
+
+@pytest.mark.slow
+def test_multirun_under_an_outer_run_nests_every_study(study_env, tmp_path: Path) -> None:
+    mlflow.set_tracking_uri(study_env["MLFLOW_TRACKING_URI"])
+    outer = (
+        mlflow.MlflowClient()
+        .create_run(mlflow.MlflowClient().create_experiment("outer"))
+        .info.run_id
+    )
+    proc = run_cli(
+        ["-m", "sloguard.tune", "-m", "seed=1,2", "budget=2", *FAST],
+        cwd=tmp_path,
+        env={**study_env, "MLFLOW_RUN_ID": outer},
+    )
+    assert proc.returncode == 0, proc.stderr
+    runs = _runs(study_env)
+    studies = runs[runs["tags.sloguard.role"] == "study"]
+    assert len(studies) == 2 and (studies["tags.mlflow.parentRunId"] == outer).all()
+
+
+@pytest.mark.slow
+def test_mlflow_run_main_entry_point(study_env, tmp_path: Path) -> None:
+    """`mlflow run . --env-manager local` logs the study into the run MLflow made."""
+    if shutil.which("mlflow") is None:
+        pytest.skip("the mlflow CLI is not on PATH")
+    mlflow.set_tracking_uri(study_env["MLFLOW_TRACKING_URI"])
+    mlflow.MlflowClient().create_experiment("proj", artifact_location=str(tmp_path / "art"))
+    proc = subprocess.run(
+        [
+            "mlflow",
+            "run",
+            str(REPO),
+            "--env-manager",
+            "local",
+            "--experiment-name",
+            "proj",
+            "-P",
+            "optimizer=random",
+            "-P",
+            "seed=3",
+            "-P",
+            "budget=4",
+            "-P",
+            "workload=smoke",
+        ],
+        cwd=tmp_path,
+        env={**__import__("os").environ, **study_env},
+        text=True,
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = _runs(study_env)
+    studies = runs[runs["tags.sloguard.role"] == "study"]
+    assert len(studies) == 1
+    assert studies["tags.mlflow.project.entryPoint"].iloc[0] == "main"  # the run MLflow made
+    assert studies["status"].iloc[0] == "FINISHED"
+    trials = runs[runs["tags.sloguard.role"] == "trial"]
+    assert (
+        len(trials) == 4 and (trials["tags.mlflow.parentRunId"] == studies["run_id"].iloc[0]).all()
+    )
+    assert (tmp_path / "art").is_dir()  # artifacts went where the experiment says
