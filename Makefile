@@ -5,10 +5,11 @@ BIN := $(abspath $(VENV))/bin
 
 .PHONY: setup study test lint ui
 
-setup:  ## create .venv with the project, MLflow, Optuna, Hydra and the dev tools
+setup:  ## create .venv with the project, MLflow, Optuna, Hydra, PyTorch (CPU) and dev tools
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet "torch==2.13.0" || $(BIN)/pip install --quiet torch
+	$(BIN)/pip install --quiet -e ".[dev,bo]"
 
 study:  ## one 15-trial TPE study on the embedded simulator, tracked in MLflow
 	PATH="$(BIN):$$PATH" mlflow run . --env-manager local -P optimizer=tpe -P seed=42

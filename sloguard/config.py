@@ -104,7 +104,24 @@ class OptimizerConfig:
     """Which optimizer proposes configurations, and its settings."""
 
     name: str = MISSING
-    n_startup_trials: int = 5
+    n_startup_trials: int = 5  # tpe, constrained-bo: random trials before the model
+    # tba and tba-tpe (null: the optimizer's default)
+    n_initial: int | None = None
+    n_candidates: int | None = None
+    t0: float | None = None
+    oob_gate: float | None = None
+    crash_threshold: float | None = None
+    gamma: float | None = None
+    min_trials: int | None = None
+    crash_rate: float | None = None
+    handoff: float = 0.4  # tba-tpe: exploration trials, a share of budget (< 1) or a count
+    # grid (vLLM auto_tune)
+    grid_max_num_seqs: list[int] = field(default_factory=lambda: [32, 64, 128])
+    grid_max_num_batched_tokens: list[int] = field(
+        default_factory=lambda: [512, 1024, 2048, 4096, 8192]
+    )
+    grid_util_start: float = 0.95
+    grid_util_step: float = 0.05
 
 
 @dataclass
@@ -158,7 +175,8 @@ class SpaceConfig:
     enforce_eager: BoolChoiceConfig = field(default_factory=BoolChoiceConfig)
     enable_chunked_prefill: BoolChoiceConfig = field(default_factory=BoolChoiceConfig)
     enable_prefix_caching: BoolChoiceConfig = field(default_factory=BoolChoiceConfig)
-    repair: bool = True  # cap and bump knobs to what vLLM accepts before launching
+    repair: bool = True  # cap and bump knobs to what vLLM accepts and fit them to the KV cache
+    kv_overcommit: float = 1.0  # memory guard: max_num_seqs x max_model_len <= this x KV tokens
 
 
 @dataclass
@@ -254,6 +272,9 @@ def validate(cfg: DictConfig) -> None:
     if cfg.backend.noise < 0:
         raise ConfigError(f"backend.noise={cfg.backend.noise} is invalid; it must be >= 0")
     _check_positive("backend.timeout_s", cfg.backend.timeout_s)
+    _check_positive("optimizer.handoff", cfg.optimizer.handoff)
+    _check_positive("optimizer.grid_util_step", cfg.optimizer.grid_util_step)
+    _check_positive("space.kv_overcommit", cfg.space.kv_overcommit)
     space = SearchSpace.from_config(cfg.space)  # raises ConfigError on a bad range
     fixed = {k: v for k, v in to_container(cfg.knobs).items() if v is not None}
     space.check_values(fixed, where="knobs")

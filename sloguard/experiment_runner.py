@@ -25,10 +25,11 @@ from tqdm import tqdm
 
 from sloguard.backends import create_backend
 from sloguard.config import ConfigError, to_container
+from sloguard.gpu_profile import MemoryGuard, detect_vram_gb
 from sloguard.metrics_collector import requests_table
 from sloguard.optimizer import create_optimizer
 from sloguard.slo_contract import SloContract
-from sloguard.space import SearchSpace
+from sloguard.space import Repair, SearchSpace
 from sloguard.tracking import StudyTracker, flatten, resolve_tracking_uri
 from sloguard.trial_logger import LOG_NAME, TrialLog, TrialRecord
 from sloguard.workload import build_workload
@@ -36,7 +37,10 @@ from sloguard.workload import build_workload
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
+    from sloguard.backends import BaseBackend
+    from sloguard.optimizer import BaseOptimizer
     from sloguard.result import RequestRecord
+    from sloguard.workload import Workload
 
 # config keys that do not change what a study measures (so a resume may change them)
 _NOT_HASHED = ("budget", "resume", "study_name", "study_dir", "progress", "tracking", "knobs")
@@ -65,6 +69,84 @@ def slo_from_config(cfg: DictConfig) -> SloContract:
         percentile=cfg.slo.percentile,
         e2el_ms=cfg.slo.e2el_ms,
     )
+
+
+def memory_guard(cfg: DictConfig, probe_device: bool = False) -> MemoryGuard:
+    """The guard for this model and device; a real backend probes the device's memory."""
+    vram, _ = (
+        detect_vram_gb(cfg.hardware.vram_gb)
+        if probe_device
+        else (cfg.hardware.vram_gb, "hardware config")
+    )
+    return MemoryGuard.for_model(cfg.model, cfg.hardware, vram, overcommit=cfg.space.kv_overcommit)
+
+
+def launch_config(
+    space: SearchSpace, guard: MemoryGuard, params: dict[str, Any], max_position_embeddings: int
+) -> Repair:
+    """The configuration to launch for ``params``: completed, repaired, fitted to the KV cache.
+
+    With ``space.repair`` off the completed config is launched as drawn.
+    """
+    repaired = space.repair(space.complete(params), max_position_embeddings)
+    if not space.repair_enabled:
+        return repaired
+    low = space.knobs["gpu_memory_utilization"]
+    guarded = guard.repair(
+        repaired.config,
+        util_high=low.high,  # type: ignore[union-attr]
+        len_low=space.knobs["max_model_len"].low,
+    )  # type: ignore[union-attr]
+    return Repair(guarded.config, repaired.changes + guarded.changes)
+
+
+@dataclass
+class TrialStep:
+    """One trial of a study: ask, fit the config for launch, evaluate. No logging, no telling.
+
+    Args:
+        space: The search space.
+        guard: The memory guard.
+        backend: Where configurations are evaluated.
+        workload: The requests every trial serves.
+        slo: The SLO contract.
+        seed: The study seed (trial ``n`` evaluates with a seed derived from it).
+        max_position_embeddings: The model's context limit.
+    """
+
+    space: SearchSpace
+    guard: MemoryGuard
+    backend: BaseBackend
+    workload: Workload
+    slo: SloContract
+    seed: int
+    max_position_embeddings: int
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, space: SearchSpace, slo: SloContract) -> TrialStep:
+        backend = create_backend(cfg)
+        return cls(
+            space,
+            memory_guard(cfg, probe_device=backend.probes_device),
+            backend,
+            build_workload(cfg.workload),
+            slo,
+            cfg.seed,
+            cfg.model.max_position_embeddings,
+        )
+
+    def run(self, optimizer: BaseOptimizer, number: int) -> TrialRecord:
+        """Ask ``optimizer`` for trial ``number`` and evaluate it."""
+        phase = optimizer.phase
+        params = optimizer.ask()
+        repair = launch_config(self.space, self.guard, params, self.max_position_embeddings)
+        start = time.perf_counter()
+        result = self.backend.evaluate(
+            repair.config, self.workload, self.slo, seed=trial_seed(self.seed, number)
+        )
+        return TrialRecord(
+            number, params, result, phase, list(repair.changes), time.perf_counter() - start
+        )
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -207,7 +289,7 @@ def run_study(
     tracker.log_study_config(container, OmegaConf.to_yaml(cfg, resolve=True))
     tracker.client.set_tag(tracker.run_id, "trial_log", str(log.path.resolve()))
 
-    optimizer = create_optimizer(cfg.optimizer, space, cfg.seed)
+    optimizer = create_optimizer(cfg.optimizer, space, cfg.seed, cfg.budget)
     for record in log.records:
         optimizer.tell(record.params, record.result)
     logged = tracker.logged_trials()
@@ -215,8 +297,7 @@ def run_study(
         if record.number not in logged:
             tracker.log_trial(record, _requests_path(directory, record.number))
 
-    backend = create_backend(cfg)
-    workload = build_workload(cfg.workload)
+    trial = TrialStep.from_config(cfg, space, slo)
     crashes = sum(1 for r in log.records if r.result.crash)
     bar = tqdm(
         total=cfg.budget,
@@ -229,22 +310,14 @@ def run_study(
     _set_postfix(bar, log.records, crashes)
     try:
         for number in range(len(log.records), cfg.budget):
-            phase = optimizer.phase
-            params = optimizer.ask()
-            repair = space.repair(space.complete(params), cfg.model.max_position_embeddings)
-            start = time.perf_counter()
-            result = backend.evaluate(
-                repair.config, workload, slo, seed=trial_seed(cfg.seed, number)
-            )
-            record = TrialRecord(
-                number, params, result, phase, list(repair.changes), time.perf_counter() - start
-            )
+            record = trial.run(optimizer, number)
+            result = record.result
             csv_path = None
             if cfg.tracking.log_requests and result.requests:
                 csv_path = _write_requests(directory, number, result.requests, slo)
             log.append(record)
             tracker.log_trial(record, csv_path)
-            optimizer.tell(params, result)
+            optimizer.tell(record.params, result)
             crashes += bool(result.crash)
             best = best_trial(log.records)
             tracker.log_progress(

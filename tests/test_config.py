@@ -35,7 +35,11 @@ def test_defaults_are_the_seed_setting(compose) -> None:
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("optimizer=foo", "optimizer='foo' is not known; choose one of: random, tpe"),
+        ("optimizer=foo", "optimizer='foo' is not known; choose one of: constrained-bo, grid, "
+         "random, tba, tba-tpe, tpe"),
+        ("optimizer=tba-tpe optimizer.handoff=0", "optimizer.handoff=0.0 is invalid"),
+        ("optimizer=grid optimizer.grid_util_step=0", "optimizer.grid_util_step=0.0 is invalid"),
+        ("space.kv_overcommit=0", "space.kv_overcommit=0.0 is invalid"),
         ("model=gpt5", "choose one of: llama-3.1-8b, qwen2-1.5b, tiny-random"),
         ("hardware=tpu", "hardware='tpu' is not known"),
         ("budget=-1", "budget=-1 is invalid; it must be an integer >= 1"),
@@ -53,7 +57,7 @@ def test_defaults_are_the_seed_setting(compose) -> None:
 )
 def test_bad_overrides_fail_with_one_clear_line(compose, override: str, expected: str) -> None:
     with pytest.raises(ConfigError) as info:
-        compose(override)
+        compose(*override.split())
     message = str(info.value)
     assert expected in message
     assert "\n" not in message

@@ -24,6 +24,7 @@ class BaseBackend(abc.ABC):
     """
 
     name: str = ""
+    probes_device: bool = False  # True: the memory guard reads the real device's VRAM
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg

@@ -5,7 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sloguard.optimizer._base import BaseOptimizer
+from sloguard.optimizer._constrained_bo import ConstrainedBOOptimizer
+from sloguard.optimizer._grid import GridOptimizer
 from sloguard.optimizer._random import RandomOptimizer
+from sloguard.optimizer._tba import TBAOptimizer
+from sloguard.optimizer._tba_tpe import TBATPEOptimizer
 from sloguard.optimizer._tpe import TPEOptimizer
 
 if TYPE_CHECKING:
@@ -16,12 +20,26 @@ if TYPE_CHECKING:
 OPTIMIZERS: dict[str, type[BaseOptimizer]] = {
     "random": RandomOptimizer,
     "tpe": TPEOptimizer,
+    "tba": TBAOptimizer,
+    "tba-tpe": TBATPEOptimizer,
+    "constrained-bo": ConstrainedBOOptimizer,
+    "grid": GridOptimizer,
 }
 
 
-def create_optimizer(cfg: DictConfig, space: SearchSpace, seed: int) -> BaseOptimizer:
+def create_optimizer(cfg: DictConfig, space: SearchSpace, seed: int, budget: int) -> BaseOptimizer:
     """Instantiate the optimizer ``cfg.name`` with the settings it accepts."""
-    return OPTIMIZERS[cfg.name].from_config(cfg, space, seed)
+    return OPTIMIZERS[cfg.name].from_config(cfg, space, seed, budget)
 
 
-__all__ = ["OPTIMIZERS", "BaseOptimizer", "RandomOptimizer", "TPEOptimizer", "create_optimizer"]
+__all__ = [
+    "OPTIMIZERS",
+    "BaseOptimizer",
+    "ConstrainedBOOptimizer",
+    "GridOptimizer",
+    "RandomOptimizer",
+    "TBAOptimizer",
+    "TBATPEOptimizer",
+    "TPEOptimizer",
+    "create_optimizer",
+]

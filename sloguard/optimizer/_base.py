@@ -35,8 +35,11 @@ class BaseOptimizer(abc.ABC):
         self.n_told = 0
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, space: SearchSpace, seed: int) -> BaseOptimizer:
-        """Build from the ``optimizer`` config group; override to read settings."""
+    def from_config(
+        cls, cfg: DictConfig, space: SearchSpace, seed: int, budget: int
+    ) -> BaseOptimizer:
+        """Build from the ``optimizer`` config group and the study budget; override to read
+        settings."""
         return cls(space, seed)
 
     @abc.abstractmethod

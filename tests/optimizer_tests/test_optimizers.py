@@ -21,7 +21,7 @@ def space(compose) -> SearchSpace:
 
 
 def _make(name: str, space: SearchSpace, seed: int, compose):
-    return create_optimizer(compose(f"optimizer={name}").optimizer, space, seed)
+    return create_optimizer(compose(f"optimizer={name}").optimizer, space, seed, budget=15)
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
@@ -46,8 +46,9 @@ def test_same_seed_same_proposals(name, space, compose) -> None:
             seen.append(params)
         runs.append(seen)
     assert runs[0] == runs[1]
-    other = _make(name, space, 8, compose).ask()
-    assert other != runs[0][0]
+    if name != "grid":  # the auto_tune grid is deterministic by design
+        other = _make(name, space, 8, compose).ask()
+        assert other != runs[0][0]
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))

@@ -1,7 +1,7 @@
 """The embedded simulator of a vLLM-like engine (the default backend)."""
 
 from sloguard.backends.sim._engine import EngineRun, EngineSettings, run_engine
-from sloguard.backends.sim._memory import MemoryPlan, kv_bytes_per_token, plan_memory
+from sloguard.backends.sim._memory import MemoryPlan, plan_memory
 from sloguard.backends.sim._roofline import StepTimeModel
 from sloguard.backends.sim.backend import SimBackend
 
@@ -11,7 +11,6 @@ __all__ = [
     "MemoryPlan",
     "SimBackend",
     "StepTimeModel",
-    "kv_bytes_per_token",
     "plan_memory",
     "run_engine",
 ]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sloguard.backends.sim._memory import BLOCK_SIZE
+from sloguard.gpu_profile import BLOCK_SIZE
 from sloguard.result import RequestRecord
 from sloguard.workload import Workload
 

@@ -8,43 +8,20 @@ that passes the memory probe can still run out of memory under load.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sloguard.crash_classifier import CrashCategory, CrashInfo
+from sloguard.gpu_profile import (
+    BLOCK_SIZE,
+    GIB,
+    activation_bytes,
+    kv_bytes_per_token,
+    weight_bytes,
+)
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
-
-GIB = float(1 << 30)
-BLOCK_SIZE = 16
-# bytes per weight parameter; 4-bit formats carry group scales
-WEIGHT_BYTES: dict[str, float] = {"fp16": 2.0, "fp8": 1.0, "awq": 0.5625, "gptq": 0.5625}
-
-
-def kv_bytes_per_token(model: DictConfig) -> float:
-    """2 (K and V) x layers x KV heads x head dim x dtype bytes."""
-    return 2.0 * model.num_layers * model.num_kv_heads * model.head_dim * model.dtype_bytes
-
-
-def embedding_params(model: DictConfig) -> float:
-    """Parameters in the token embedding (kept in fp16 by weight-only quantization)."""
-    return float(model.vocab_size * model.hidden_size)
-
-
-def weight_bytes(model: DictConfig, quantization: str) -> float:
-    """Bytes of weights resident on the device."""
-    total = model.num_params_b * 1e9
-    embed = min(embedding_params(model), total)
-    return embed * model.dtype_bytes + (total - embed) * WEIGHT_BYTES[quantization]
-
-
-def activation_bytes(model: DictConfig, max_num_batched_tokens: int, max_num_seqs: int) -> float:
-    """Peak activation memory of the profiling pass, sampler logits included."""
-    per_token = (2 * model.intermediate_size + 4 * model.hidden_size) * model.dtype_bytes
-    logits = min(max_num_seqs, max_num_batched_tokens) * model.vocab_size * 4.0
-    return max_num_batched_tokens * per_token + logits
 
 
 def cudagraph_capture_sizes(max_num_seqs: int, hw: DictConfig) -> int:
@@ -238,8 +215,3 @@ def _oom(subcause: str, evidence: str) -> CrashInfo:
 
 def _config(subcause: str, evidence: str) -> CrashInfo:
     return CrashInfo(CrashCategory.CONFIG, subcause, evidence)
-
-
-def blocks_for(tokens: int) -> int:
-    """KV blocks that hold ``tokens`` tokens."""
-    return math.ceil(tokens / BLOCK_SIZE)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sloguard.backends.sim._memory import embedding_params, kv_bytes_per_token, weight_bytes
+from sloguard.gpu_profile import embedding_params, kv_bytes_per_token, weight_bytes
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig

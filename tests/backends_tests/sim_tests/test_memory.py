@@ -1,7 +1,8 @@
 import pytest
 
-from sloguard.backends.sim import kv_bytes_per_token, plan_memory
+from sloguard.backends.sim import plan_memory
 from sloguard.crash_classifier import CrashCategory
+from sloguard.gpu_profile import kv_bytes_per_token
 from sloguard.space import SearchSpace
 
 
