@@ -35,8 +35,11 @@ def test_defaults_are_the_seed_setting(compose) -> None:
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("optimizer=foo", "optimizer='foo' is not known; choose one of: constrained-bo, grid, "
-         "random, tba, tba-tpe, tpe"),
+        (
+            "optimizer=foo",
+            "optimizer='foo' is not known; choose one of: constrained-bo, grid, "
+            "random, tba, tba-tpe, tpe",
+        ),
         ("optimizer=tba-tpe optimizer.handoff=0", "optimizer.handoff=0.0 is invalid"),
         ("optimizer=grid optimizer.grid_util_step=0", "optimizer.grid_util_step=0.0 is invalid"),
         ("space.kv_overcommit=0", "space.kv_overcommit=0.0 is invalid"),

@@ -162,7 +162,8 @@ def test_guard_sizes_max_num_seqs_to_the_kv_cache(l4) -> None:
     assert strict.config["max_num_seqs"] == before // 2048
     loose = MemoryGuard.for_model(cfg.model, cfg.hardware, cfg.hardware.vram_gb, overcommit=4.0)
     assert loose.repair(config, util_high=0.95).config["max_num_seqs"] == min(
-        128, 4 * before // 2048)
+        128, 4 * before // 2048
+    )
 
 
 def test_env_overrides(l4, monkeypatch: pytest.MonkeyPatch) -> None:
