@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 
-.PHONY: setup study test lint ui
+.PHONY: setup study test lint ui reproduce
 
 setup:  ## create .venv with the project, MLflow, Optuna, Hydra, PyTorch (CPU) and dev tools
 	$(PYTHON) -m venv $(VENV)
@@ -22,3 +22,8 @@ lint:
 
 ui:  ## browse studies and trials at http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1
+
+reproduce:  ## the seed paper's design on the sim: 5 seeds x random vs tba-tpe x 15 trials
+	PATH="$(BIN):$$PATH" python -m sloguard.tune -m seed=42,142,242,342,442 \
+		optimizer=random,tba-tpe comparison=paper-repro resume=true progress=false
+	PATH="$(BIN):$$PATH" sloguard report --comparison paper-repro --published --output report/paper-repro

@@ -12,40 +12,35 @@ from __future__ import annotations
 import argparse
 import sys
 
-import mlflow
 import pandas as pd
 
+from analysis._mlflow import load_comparison
 from sloguard.space import KNOB_NAMES
-from sloguard.tracking import ROLE_TAG, TRIAL_NUMBER_TAG, resolve_tracking_uri
 
-COLUMNS = ("ttft_p99_ms", "itl_p99_ms", "goodput_tok_s", "attainment")
+COLUMNS = (
+    "trial",
+    *KNOB_NAMES,
+    "ttft_p99_ms",
+    "itl_p99_ms",
+    "goodput_tok_s",
+    "attainment",
+    "feasible",
+    "crash",
+)
 
 
 def load_trials(
     experiment: str, study: str | None = None, tracking_uri: str | None = None
 ) -> pd.DataFrame:
     """One row per trial of ``study`` (default: the newest study in ``experiment``)."""
-    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
-    runs = mlflow.search_runs(experiment_names=[experiment])
-    if runs.empty:
-        raise LookupError(f"experiment {experiment!r} has no runs")
-    studies = runs[runs[f"tags.{ROLE_TAG}"] == "study"]
-    if study is not None:
-        studies = studies[studies["tags.study_name"] == study]
-    if studies.empty:
+    studies, trials = load_comparison(experiment=experiment, tracking_uri=tracking_uri)
+    if study is None:
+        study = studies.sort_values("start_time")["study_name"].iloc[-1]
+    elif study not in set(studies["study_name"]):
         raise LookupError(f"no study {study!r} in experiment {experiment!r}")
-    parent = studies.sort_values("start_time").iloc[-1]
-    trials = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"]].copy()
-    trials["trial"] = trials[f"tags.{TRIAL_NUMBER_TAG}"].astype(int)
-    table = pd.DataFrame({"trial": trials["trial"]})
-    for knob in KNOB_NAMES:
-        table[knob] = trials[f"params.{knob}"]
-    for metric in COLUMNS:
-        table[metric] = trials.get(f"metrics.{metric}")
-    table["feasible"] = trials["tags.feasible"] == "true"
-    table["crash"] = trials["tags.crash_category"]
-    table.attrs["study"] = parent["tags.study_name"]
-    return table.sort_values("trial").reset_index(drop=True)
+    table = trials[trials["study_name"] == study][list(COLUMNS)].reset_index(drop=True)
+    table.attrs["study"] = study
+    return table
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,6 +16,7 @@ _EPILOG = """examples:
   sloguard tune -m seed=42,142 optimizer=random,tpe
   sloguard evaluate knobs.max_num_seqs=32 knobs.enforce_eager=true
   sloguard evaluate model=llama-3.1-8b hardware=l4-24gb knobs.gpu_memory_utilization=0.7
+  sloguard report --comparison paper-repro --output report/ --published
 
 Overrides are Hydra's: group=option (model, hardware, slo, workload, optimizer, backend,
 space) or key=value (seed, budget, resume, slo.ttft_ms, space.max_num_seqs.high, ...)."""
@@ -72,7 +73,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub.add_parser(
         "evaluate", help="evaluate one fixed configuration and print it as JSON", add_help=False
     )
+    report = sub.add_parser("report", help="paired-seed statistics and figures from MLflow")
+    _add_report_arguments(report)
     args, rest = parser.parse_known_args(argv)
+    if args.command == "report":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        _report(args)
+        return
     if args.command == "tune":
         from sloguard.tune import main as tune_main
 
@@ -84,6 +92,37 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"sloguard: error: {e}", file=sys.stderr)
         sys.exit(2)
     print(json.dumps(_finite(payload), indent=2))
+
+
+def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    from analysis.compute_multiseed_stats import add_arguments
+
+    add_arguments(parser)
+    parser.add_argument("--output", default="report", help="folder for summary.json and PNGs")
+
+
+def _report(args: argparse.Namespace) -> None:
+    """Statistics (printed, and summary.json) and figures of one comparison."""
+    from pathlib import Path
+
+    from analysis._mlflow import load_comparison
+    from analysis.compute_multiseed_stats import run
+    from analysis.plot_comparison import plot_all
+
+    if args.comparison is None and args.experiment is None:
+        print(
+            "sloguard: error: report needs --comparison NAME or --experiment NAME", file=sys.stderr
+        )
+        sys.exit(2)
+    try:
+        _, trials = load_comparison(args.comparison, args.experiment, args.tracking_uri)
+    except LookupError as e:
+        print(f"sloguard: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    output = Path(args.output)
+    run(args, output / "summary.json", trials)
+    for path in plot_all(trials, output, args.latency_metric, args.delta):
+        print(f"wrote {path}")
 
 
 def _finite(value: Any) -> Any:

@@ -220,6 +220,7 @@ class Config:
     resume: bool = False
     study_name: str | None = None
     study_dir: str = "studies"
+    comparison: str | None = None  # groups the studies of one paired-seed comparison (a tag)
     progress: bool = True
 
 

@@ -43,7 +43,16 @@ if TYPE_CHECKING:
     from sloguard.workload import Workload
 
 # config keys that do not change what a study measures (so a resume may change them)
-_NOT_HASHED = ("budget", "resume", "study_name", "study_dir", "progress", "tracking", "knobs")
+_NOT_HASHED = (
+    "budget",
+    "resume",
+    "study_name",
+    "study_dir",
+    "progress",
+    "tracking",
+    "knobs",
+    "comparison",
+)
 
 
 @dataclass
@@ -266,6 +275,8 @@ def run_study(
         "study_name": study_name,
         "config_hash": config_hash(cfg),
     }
+    if cfg.comparison:
+        common_tags["comparison"] = cfg.comparison
     tracker = StudyTracker.start(
         resolve_tracking_uri(cfg.tracking.uri),
         cfg.tracking.experiment,

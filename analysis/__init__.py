@@ -1,0 +1,1 @@
+"""Paired-seed analysis of SLO-Guard studies, read back from MLflow."""

@@ -1,0 +1,134 @@
+"""Statistics on hand-built MLflow data in a temporary sqlite store: known values in, known out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from scipy.stats import mannwhitneyu
+
+from analysis._mlflow import load_comparison
+from analysis.compute_multiseed_stats import format_table, summarize
+from analysis.plot_comparison import plot_all
+from sloguard.cli import main as cli_main
+
+# latency (e2el p50, ms) per trial; None = crashed; a trailing "!" would be an SLO miss
+STUDIES = {
+    ("random", 1): [500.0, None, 470.0, 600.0],
+    ("random", 2): [520.0, 480.0, 700.0, 510.0],
+    ("tba-tpe", 1): [600.0, 460.0, 465.0, 470.0],
+    ("tba-tpe", 2): [530.0, 455.0, None, 462.0],
+}
+
+
+def _log(tmp_path: Path, comparison: str = "cmp") -> str:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("stats", artifact_location=str(tmp_path / "art"))
+    for (optimizer, seed), latencies in STUDIES.items():
+        tags = {
+            "sloguard.role": "study",
+            "optimizer": optimizer,
+            "seed": str(seed),
+            "study_name": f"{optimizer}-{seed}",
+            "comparison": comparison,
+        }
+        study = client.create_run(exp, tags=tags).info.run_id
+        for n, latency in enumerate(latencies):
+            trial = client.create_run(
+                exp,
+                tags={
+                    MLFLOW_PARENT_RUN_ID: study,
+                    "sloguard.role": "trial",
+                    "sloguard.trial_number": str(n),
+                    "feasible": str(latency is not None).lower(),
+                    "crash_category": "none" if latency is not None else "oom",
+                },
+            ).info.run_id
+            client.log_param(trial, "max_num_seqs", 16 * (n + 1))
+            client.log_param(trial, "max_num_batched_tokens", 1024)
+            if latency is not None:
+                client.log_metric(trial, "e2el_p50_ms", latency)
+                client.log_metric(trial, "goodput_tok_s", 1e5 / latency)
+    # a study of another comparison must be ignored
+    client.create_run(
+        exp,
+        tags={
+            "sloguard.role": "study",
+            "optimizer": "random",
+            "seed": "9",
+            "study_name": "other",
+            "comparison": "other",
+        },
+    )
+    return uri
+
+
+def test_summary_from_known_values(tmp_path: Path) -> None:
+    uri = _log(tmp_path)
+    studies, trials = load_comparison("cmp", tracking_uri=uri)
+    assert len(studies) == 4 and len(trials) == 16
+    s = summarize(trials, "random", "tba-tpe", latency="e2el_p50_ms", delta=0.05)
+    assert s["best_latency_ms"] == 455.0
+    assert s["fast_threshold_ms"] == pytest.approx(477.75)
+    per = {(r["optimizer"], r["seed"]): r for r in s["studies"]}
+    # random/1: fast trials = {2 (470)}; after the first hit: [600] -> consistency 0
+    assert per[("random", 1)]["fast_trials"] == 1 and per[("random", 1)]["consistency"] == 0.0
+    assert per[("random", 1)]["crashes"] == 1 and per[("random", 1)]["crash_waste_pct"] == 25.0
+    # tba-tpe/1: fast = {1, 2, 3} (460, 465, 470): first hit 1, then 2 of 2 -> 1.0
+    assert per[("tba-tpe", 1)]["first_hit"] == 1 and per[("tba-tpe", 1)]["consistency"] == 1.0
+    assert per[("tba-tpe", 2)]["best_latency_ms"] == 455.0
+    assert per[("random", 2)]["fast_trials"] == 0 and per[("random", 2)]["consistency"] is None
+    opt = s["optimizers"]
+    assert opt["random"]["fast_trials"]["mean"] == 0.5
+    assert opt["tba-tpe"]["fast_trials"]["mean"] == 2.5
+    assert opt["random"]["best_latency_ms"]["mean"] == pytest.approx((470 + 480) / 2)
+    expected = mannwhitneyu([3, 2], [1, 0], alternative="greater").pvalue
+    assert s["tests"]["fast_trials"]["p_one_sided"] == pytest.approx(expected)
+    assert s["tests"]["best_latency_ms"]["alternative"] == "less"
+    # sd of two values a, b is |a - b| / sqrt(2): (470, 480) against (460, 455)
+    assert s["sd_ratio_best_latency"] == pytest.approx(10 / 5)
+    table = format_table(s, published=True)
+    assert "| Fast-cluster trials / 4 | 0.50 ± 0.71 | 2.50 ± 0.71 |" in table
+    assert "| Feasibility | 7 / 8 | 7 / 8 |" in table
+    assert "7.40 ± 2.51 / 10.20 ± 1.10, p=0.014" in table
+
+
+def test_report_writes_summary_and_figures(tmp_path: Path, capsys) -> None:
+    uri = _log(tmp_path)
+    out = tmp_path / "report"
+    cli_main(["report", "--comparison", "cmp", "--tracking-uri", uri, "--output", str(out)])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["candidate"] == "tba-tpe" and len(summary["studies"]) == 4
+    for name in ("best_so_far.png", "fast_hits.png", "feasibility_map.png", "knob_scatter.png"):
+        png = out / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert "Mann-Whitney p" in capsys.readouterr().out
+
+
+def test_report_on_nothing_fails_clearly(tmp_path: Path) -> None:
+    uri = _log(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        cli_main(
+            [
+                "report",
+                "--comparison",
+                "missing",
+                "--tracking-uri",
+                uri,
+                "--output",
+                str(tmp_path / "r"),
+            ]
+        )
+    assert info.value.code == 2
+    assert not (tmp_path / "r").exists()
+
+
+def test_single_study_figures(tmp_path: Path) -> None:
+    _, trials = load_comparison("cmp", tracking_uri=_log(tmp_path))
+    one = trials[trials["study_name"] == "random-1"]
+    paths = plot_all(one, tmp_path / "one")
+    assert all(p.stat().st_size > 10_000 for p in paths)
