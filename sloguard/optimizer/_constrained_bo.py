@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import optuna
 
 from sloguard.config import ConfigError
-from sloguard.optimizer._tpe import TPEOptimizer
+from sloguard.optimizer._tpe import CRASH_VIOLATION, TPEOptimizer
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -47,6 +47,10 @@ class ConstrainedBOOptimizer(TPEOptimizer):
         return cls(space, seed, n_startup_trials=cfg.n_startup_trials)
 
     def make_sampler(self) -> optuna.samplers.BaseSampler:
+        if all(t.constraints.get("violation") == CRASH_VIOLATION for t in self.study.trials):
+            # only crashes so far (or nothing): every constraint value is the same and the GP
+            # has nothing to model, so draw at random until something survives
+            return optuna.samplers.RandomSampler(seed=self.trial_seed())
         return optuna.samplers.GPSampler(
             seed=self.trial_seed(),
             n_startup_trials=self.n_startup_trials,

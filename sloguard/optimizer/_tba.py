@@ -26,9 +26,10 @@ class TBAOptimizer(BaseOptimizer):
     Each ask draws candidates around the current point (steps shrink as the temperature falls)
     plus a temperature-weighted share of uniform draws, drops those in blacklisted subspaces and
     those the feasibility surrogate expects to crash, and picks the one with the best
-    ``log P(feasible) + TPE density ratio``. Each tell updates the surrogate and the blacklist
-    and moves the current point by the Metropolis rule on utility ranks (so feasible beats
-    infeasible, and the acceptance is free of goodput's scale).
+    ``log P(feasible) + TPE density ratio`` (good = the top ``gamma`` of the trials by utility,
+    so before anything is feasible it points toward the least SLO violation). Each tell updates
+    the surrogate and the blacklist and moves the current point by the Metropolis rule on
+    utility ranks (so feasible beats infeasible, and the acceptance is free of goodput's scale).
 
     Example:
         >>> from sloguard.space import SearchSpace
@@ -44,7 +45,7 @@ class TBAOptimizer(BaseOptimizer):
         t0: Starting temperature (rank units: accepting a drop of ``t0`` in rank has chance 1/e).
         oob_gate: Out-of-bag accuracy before the feasibility surrogate is trusted.
         crash_threshold: Candidates with a higher predicted crash chance are dropped.
-        gamma: Share of feasible trials that counts as good for the density ratio.
+        gamma: Share of scored (non-crashed) trials that counts as good for the density ratio.
         min_trials: Trials in a subspace before it can be blacklisted.
         crash_rate: Crash share that blacklists a subspace.
     """
@@ -130,11 +131,14 @@ class TBAOptimizer(BaseOptimizer):
         p_crash, p_feasible = self.surrogate.predict(x)
         score = np.log(p_feasible + 0.05)
         score[p_crash > self.crash_threshold] -= 1e6
-        feasible = [i for i, r in enumerate(self.results) if r.feasible]
-        if len(feasible) >= 2:
-            feasible.sort(key=lambda i: self.results[i].utility, reverse=True)
-            n_good = max(1, math.ceil(self.gamma * len(feasible)))
-            good = set(feasible[:n_good])
+        # feasible-first: utility ranks every feasible trial above every infeasible one and,
+        # among infeasible ones, the smaller SLO violation higher, so before anything is
+        # feasible the density ratio already points toward the feasible region
+        scored = [i for i, r in enumerate(self.results) if r.utility is not None]
+        if len(scored) >= 2:
+            scored.sort(key=lambda i: self.results[i].utility, reverse=True)
+            n_good = max(1, math.ceil(self.gamma * len(scored)))
+            good = set(scored[:n_good])
             encoded = np.stack([encode(self.space, p) for p in self.params])
             mask = np.array([i in good for i in range(len(self.params))])
             score += ParzenRatio(encoded[mask], encoded[~mask]).score(x)
