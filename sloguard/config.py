@@ -176,7 +176,7 @@ class SpaceConfig:
     enable_chunked_prefill: BoolChoiceConfig = field(default_factory=BoolChoiceConfig)
     enable_prefix_caching: BoolChoiceConfig = field(default_factory=BoolChoiceConfig)
     repair: bool = True  # cap and bump knobs to what vLLM accepts and fit them to the KV cache
-    kv_overcommit: float = 1.0  # memory guard: max_num_seqs x max_model_len <= this x KV tokens
+    kv_overcommit: float = 8.0  # memory guard: max_num_seqs x max_model_len <= this x KV tokens
 
 
 @dataclass

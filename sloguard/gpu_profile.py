@@ -167,7 +167,8 @@ class MemoryGuard:
         kv_bytes_per_token: KV bytes one token takes.
         footprint_gb: A user reserve for weights and activations (GiB) replacing the estimate.
         overcommit: How many times the KV cache ``max_num_seqs x max_model_len`` may exceed
-            (1.0: every sequence can reach ``max_model_len`` without preemption, as in the seed).
+            (1.0 is the seed's rule: every sequence can reach ``max_model_len`` without
+            preemption; it starves concurrency when the KV cache is short).
     """
 
     model: Any

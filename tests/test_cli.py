@@ -27,21 +27,22 @@ def test_evaluate_prints_one_trial_result(study_env, tmp_path: Path) -> None:
 
 
 def test_evaluate_reports_a_crash_with_vllm_evidence(study_env, tmp_path: Path) -> None:
-    proc = run_cli(
-        [
-            "-m",
-            "sloguard.cli",
-            "evaluate",
-            "model=llama-3.1-8b",
-            "hardware=l4-24gb",
-            "knobs.gpu_memory_utilization=0.6",
-        ],
-        cwd=tmp_path,
-        env=study_env,
-    )
-    out = json.loads(proc.stdout)
+    args = [
+        "-m",
+        "sloguard.cli",
+        "evaluate",
+        "model=llama-3.1-8b",
+        "hardware=l4-24gb",
+        "knobs.gpu_memory_utilization=0.6",
+    ]
+    # with repair off the config launches as given and vLLM refuses it
+    out = json.loads(run_cli([*args, "space.repair=false"], cwd=tmp_path, env=study_env).stdout)
     assert out["crash"]["category"] == "oom" and "cache blocks" in out["crash"]["evidence"]
     assert out["utility"] is None and out["feasible"] is False
+    # with repair on (the default) the memory guard raises the utilisation so it starts
+    fixed = json.loads(run_cli(args, cwd=tmp_path, env=study_env).stdout)
+    assert fixed["crash"] is None and fixed["config"]["gpu_memory_utilization"] > 0.7
+    assert any(r.startswith("gpu_memory_utilization") for r in fixed["repairs"])
 
 
 def test_evaluate_rejects_an_unknown_knob(study_env, tmp_path: Path) -> None:

@@ -158,7 +158,8 @@ def test_guard_sizes_max_num_seqs_to_the_kv_cache(l4) -> None:
         {"gpu_memory_utilization": 0.9, "max_model_len": 2048, "max_num_seqs": 128}
     )
     before = memory_guard(cfg).kv_tokens(config)  # what the guard sizes against
-    strict = memory_guard(cfg).repair(config, util_high=0.95)
+    seed_rule = MemoryGuard.for_model(cfg.model, cfg.hardware, cfg.hardware.vram_gb, 1.0)
+    strict = seed_rule.repair(config, util_high=0.95)
     assert strict.config["max_num_seqs"] == before // 2048
     loose = MemoryGuard.for_model(cfg.model, cfg.hardware, cfg.hardware.vram_gb, overcommit=4.0)
     assert loose.repair(config, util_high=0.95).config["max_num_seqs"] == min(
