@@ -165,7 +165,8 @@ class SearchSpace:
                         f"space.{name}: low={low}, high={high} is invalid; it needs "
                         f"{'0 < ' if spec['log'] else ''}low <= high"
                     )
-                kind = IntKnob if name != "gpu_memory_utilization" else FloatKnob
+                # a float range (FloatRangeConfig, or float bounds) is continuous
+                kind = FloatKnob if isinstance(low, float) or isinstance(high, float) else IntKnob
                 knob = kind(name, low, high, bool(spec["log"]), spec["default"])
             if not knob.contains(knob.default):
                 raise ConfigError(

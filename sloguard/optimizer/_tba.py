@@ -83,7 +83,7 @@ class TBAOptimizer(BaseOptimizer):
     def from_config(
         cls, cfg: DictConfig, space: SearchSpace, seed: int, budget: int
     ) -> TBAOptimizer:
-        return cls(space, seed, budget=budget, **_tba_options(cfg))
+        return cls(space, seed, budget=budget, **tba_settings(cfg))
 
     @property
     def temperature(self) -> float:
@@ -181,7 +181,7 @@ def _key(params: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(sorted(params.items()))
 
 
-def _tba_options(cfg: DictConfig) -> dict[str, Any]:
+def tba_settings(cfg: DictConfig) -> dict[str, Any]:
     """TBA settings present in an optimizer config."""
     names = (
         "n_initial",

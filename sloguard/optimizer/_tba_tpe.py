@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sloguard.optimizer._base import BaseOptimizer
-from sloguard.optimizer._tba import TBAOptimizer, _tba_options
+from sloguard.optimizer._tba import TBAOptimizer, tba_settings
 from sloguard.optimizer._tpe import TPEOptimizer
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ class TBATPEOptimizer(BaseOptimizer):
     def from_config(
         cls, cfg: DictConfig, space: SearchSpace, seed: int, budget: int
     ) -> TBATPEOptimizer:
-        return cls(space, seed, budget=budget, handoff=cfg.handoff, **_tba_options(cfg))
+        return cls(space, seed, budget=budget, handoff=cfg.handoff, **tba_settings(cfg))
 
     @property
     def phase(self) -> str:
