@@ -12,7 +12,7 @@ setup:  ## create .venv with the project, MLflow, Optuna, Hydra, PyTorch (CPU) a
 	$(BIN)/pip install --quiet -e ".[dev,bo]"
 
 study:  ## one 15-trial TPE study on the embedded simulator, tracked in MLflow
-	PATH="$(BIN):$$PATH" mlflow run . --env-manager local -P optimizer=tpe -P seed=42
+	PATH="$(BIN):$$PATH" mlflow run . --env-manager local --experiment-name sloguard -P optimizer=tpe -P seed=42
 
 test:  ## the whole test suite (about three minutes on 2 cores)
 	$(BIN)/python -m pytest -q
