@@ -14,7 +14,7 @@ setup:  ## create .venv with the project, MLflow, Optuna, Hydra, PyTorch (CPU) a
 study:  ## one 15-trial TPE study on the embedded simulator, tracked in MLflow
 	PATH="$(BIN):$$PATH" mlflow run . --env-manager local --experiment-name sloguard -P optimizer=tpe -P seed=42
 
-test:  ## the whole test suite (about three minutes on 2 cores)
+test:  ## the whole test suite (about six minutes on 2 cores)
 	$(BIN)/python -m pytest -q
 
 lint:

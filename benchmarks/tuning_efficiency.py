@@ -23,6 +23,7 @@ Definitions:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import multiprocessing as mp
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import mannwhitneyu
 
-from sloguard.experiment_runner import TrialStep, best_trial, launch_config, slo_from_config
+from sloguard.experiment_runner import TrialStep, best_trial, slo_from_config
 from sloguard.optimizer import OPTIMIZERS, create_optimizer
 from sloguard.result import TrialResult
 from sloguard.space import SearchSpace
@@ -61,18 +62,18 @@ GRID: dict[str, list[Any]] = {
 }
 BASELINE = "tba-tpe"
 
-_cache: dict[tuple[str, ...], tuple[Any, ...]] = {}
+_cache: dict[tuple[str, ...], TrialStep] = {}
 
 
-def _context(overrides: tuple[str, ...], noise: bool) -> tuple[Any, ...]:
-    """Per-process config, space and trial step for a scenario (built once per process)."""
+def _step(overrides: tuple[str, ...], noise: bool) -> TrialStep:
+    """The trial step of a scenario (built once per process; callers must not mutate it)."""
     key = (*overrides, f"noise={noise}")
     if key not in _cache:
         cfg = compose_config(
             [*overrides, "progress=false"] + ([] if noise else ["backend.noise=0"])
         )
         space = SearchSpace.from_config(cfg.space)
-        _cache[key] = (cfg, space, TrialStep.from_config(cfg, space, slo_from_config(cfg)))
+        _cache[key] = TrialStep.from_config(cfg, space, slo_from_config(cfg))
     return _cache[key]
 
 
@@ -82,9 +83,7 @@ def true_goodput(overrides: tuple[str, ...], params: dict[str, Any]) -> tuple[fl
     Goodput already counts only the requests that met their SLOs, so a configuration that is
     borderline at p99 keeps most of its goodput rather than scoring zero; a crash scores 0.
     """
-    cfg, space, step = _context(overrides, noise=False)
-    config = launch_config(space, step.guard, params, cfg.model.max_position_embeddings).config
-    result = step.backend.evaluate(config, step.workload, step.slo, seed=0)
+    result = _step(overrides, noise=False).evaluate(params, 0).result
     goodput = result.metrics.get("goodput_tok_s", 0.0) if result.crash is None else 0.0
     return goodput, result.feasible, result.crash is not None
 
@@ -111,10 +110,9 @@ def _grid_point(
 def run_one_study(args: tuple[tuple[str, ...], str, int, int]) -> dict[str, Any]:
     """One study without tracking: the trial log stays in memory."""
     overrides, name, seed, budget = args
-    _, space, step = _context(overrides, noise=True)
-    step.seed = seed
+    step = dataclasses.replace(_step(overrides, noise=True), seed=seed)
     optimizer = create_optimizer(
-        compose_config([*overrides, f"optimizer={name}"]).optimizer, space, seed, budget
+        compose_config([*overrides, f"optimizer={name}"]).optimizer, step.space, seed, budget
     )
     records = []
     for number in range(budget):
@@ -160,17 +158,16 @@ def score(study: dict[str, Any], optimum: float, delta: float) -> dict[str, floa
 
 def overhead_ms(overrides: tuple[str, ...], name: str, history: int = 100) -> float:
     """Mean ask+tell time of the last 10 of ``history`` trials (evaluation excluded)."""
-    cfg, space, step = _context(overrides, noise=True)
+    step = dataclasses.replace(_step(overrides, noise=True), seed=0)
     optimizer = create_optimizer(
-        compose_config([*overrides, f"optimizer={name}"]).optimizer, space, 0, history
+        compose_config([*overrides, f"optimizer={name}"]).optimizer, step.space, 0, history
     )
     spent = []
     for number in range(history):
         start = time.perf_counter()
         params = optimizer.ask()
         asked = time.perf_counter() - start
-        config = launch_config(space, step.guard, params, cfg.model.max_position_embeddings)
-        result = step.backend.evaluate(config.config, step.workload, step.slo, seed=number)
+        result = step.evaluate(params, number).result
         start = time.perf_counter()
         optimizer.tell(params, result)
         spent.append(asked + time.perf_counter() - start)
@@ -252,7 +249,7 @@ def main() -> None:
                     f"{p:11.4f}"
                 )
                 result_rows[name] = {
-                    **{k: v for k, v in row.items()},
+                    **row,
                     "median_regret_pct": float(med),
                     "iqr_regret_pct": [float(q1), float(q3)],
                     "p_tba_tpe_less_regret": p,

@@ -24,37 +24,22 @@ space) or key=value (seed, budget, resume, slo.ttft_ms, space.max_num_seqs.high,
 
 def evaluate(overrides: Sequence[str]) -> dict[str, Any]:
     """Evaluate one fixed configuration (``knobs.*``; the rest from the space's defaults)."""
-    from sloguard.backends import create_backend
-    from sloguard.experiment_runner import (
-        launch_config,
-        memory_guard,
-        slo_from_config,
-        trial_seed,
-    )
+    from sloguard.experiment_runner import TrialStep, slo_from_config
     from sloguard.space import SearchSpace
     from sloguard.tune import compose_config
-    from sloguard.workload import build_workload
 
     cfg = compose_config(overrides)
     space = SearchSpace.from_config(cfg.space)
     fixed = {k: v for k, v in to_container(cfg.knobs).items() if v is not None}
-    backend = create_backend(cfg)
-    guard = memory_guard(cfg, probe_device=backend.probes_device)
-    repair = launch_config(space, guard, fixed, cfg.model.max_position_embeddings)
-    result = backend.evaluate(
-        repair.config,
-        build_workload(cfg.workload),
-        slo_from_config(cfg),
-        seed=trial_seed(cfg.seed, 0),
-    )
+    record = TrialStep.from_config(cfg, space, slo_from_config(cfg)).evaluate(fixed, 0)
     return {
         "model": cfg.model.name,
         "hardware": cfg.hardware.name,
         "backend": cfg.backend.name,
         "workload": cfg.workload.name,
         "slo": to_container(cfg.slo),
-        "repairs": list(repair.changes),
-        **result.to_dict(),
+        "repairs": record.repairs,
+        **record.result.to_dict(),
     }
 
 

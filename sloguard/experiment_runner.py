@@ -147,7 +147,10 @@ class TrialStep:
     def run(self, optimizer: BaseOptimizer, number: int) -> TrialRecord:
         """Ask ``optimizer`` for trial ``number`` and evaluate it."""
         phase = optimizer.phase
-        params = optimizer.ask()
+        return self.evaluate(optimizer.ask(), number, phase)
+
+    def evaluate(self, params: dict[str, Any], number: int, phase: str = "") -> TrialRecord:
+        """Fit ``params`` for launch and evaluate them as trial ``number``."""
         repair = launch_config(self.space, self.guard, params, self.max_position_embeddings)
         start = time.perf_counter()
         result = self.backend.evaluate(

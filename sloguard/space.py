@@ -152,11 +152,7 @@ class SearchSpace:
                     raise ConfigError(f"space.{name}.choices is empty; give at least one value")
                 if name == "quantization":
                     for choice in choices:
-                        if choice not in QUANTIZATIONS:
-                            raise ConfigError(
-                                f"space.quantization choice {choice!r} is not known; "
-                                f"choose from: {', '.join(QUANTIZATIONS)}"
-                            )
+                        _check_quantization("space.quantization.choices", choice)
                 knob: Knob = CategoricalKnob(name, choices, spec["default"])
             else:
                 low, high = spec["low"], spec["high"]
@@ -228,7 +224,7 @@ class SearchSpace:
         """Return a full config: inactive knobs take their inactive value, order fixed."""
         unknown = sorted(set(params) - set(KNOB_NAMES))
         if unknown:
-            raise ConfigError(f"unknown knob {unknown[0]!r}; knobs are: {', '.join(KNOB_NAMES)}")
+            raise _unknown_knob(unknown[0])
         full = {**self.defaults(), **params}
         for name, value in INACTIVE_VALUES.items():
             if not self.is_active(name, full):
@@ -239,13 +235,10 @@ class SearchSpace:
         """Raise ConfigError if a value is of the wrong kind; range is not enforced here."""
         for name, value in params.items():
             if name not in self.knobs:
-                raise ConfigError(f"unknown knob {name!r}; knobs are: {', '.join(KNOB_NAMES)}")
+                raise _unknown_knob(name)
             knob = self.knobs[name]
-            if name == "quantization" and value not in QUANTIZATIONS:
-                raise ConfigError(
-                    f"{where}.quantization={value!r} is not known; "
-                    f"choose one of: {', '.join(QUANTIZATIONS)}"
-                )
+            if name == "quantization":
+                _check_quantization(f"{where}.quantization", value)
             if isinstance(knob, (IntKnob, FloatKnob)) and not value > 0:
                 raise ConfigError(f"{where}.{name}={value} is invalid; it must be > 0")
         if "gpu_memory_utilization" in params and not params["gpu_memory_utilization"] <= 1.0:
@@ -284,3 +277,14 @@ class SearchSpace:
                 "chunked prefill off needs >= max_model_len",
             )
         return Repair(fixed, tuple(changes))
+
+
+def _unknown_knob(name: str) -> ConfigError:
+    return ConfigError(f"unknown knob {name!r}; knobs are: {', '.join(KNOB_NAMES)}")
+
+
+def _check_quantization(key: str, value: Any) -> None:
+    if value not in QUANTIZATIONS:
+        raise ConfigError(
+            f"{key}={value!r} is not known; choose one of: {', '.join(QUANTIZATIONS)}"
+        )

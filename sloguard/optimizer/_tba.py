@@ -76,6 +76,7 @@ class TBAOptimizer(BaseOptimizer):
         self.surrogate = FeasibilitySurrogate(oob_gate=oob_gate)
         self.blacklist = SubspaceBlacklist(space, min_trials=min_trials, crash_rate=crash_rate)
         self.params: list[dict[str, Any]] = []
+        self.encoded: list[np.ndarray] = []  # self.params in unit coordinates
         self.results: list[TrialResult] = []
         self.current: int | None = None  # index of the current point in the history
 
@@ -114,6 +115,7 @@ class TBAOptimizer(BaseOptimizer):
 
     def _tell(self, params: dict[str, Any], result: TrialResult) -> None:
         self.params.append(params)
+        self.encoded.append(encode(self.space, params))
         self.results.append(result)
         self.blacklist.update(params, crashed=result.crash is not None, feasible=result.feasible)
         self._move(len(self.params) - 1)
@@ -122,12 +124,9 @@ class TBAOptimizer(BaseOptimizer):
         self, candidates: list[dict[str, Any]], rng: np.random.Generator
     ) -> np.ndarray:
         x = np.stack([encode(self.space, c) for c in candidates])
+        history = np.stack(self.encoded)
         labels = np.array([_label(r) for r in self.results])
-        self.surrogate.fit(
-            np.stack([encode(self.space, p) for p in self.params]),
-            labels,
-            seed=int(rng.integers(2**31 - 1)),
-        )
+        self.surrogate.fit(history, labels, seed=int(rng.integers(2**31 - 1)))
         p_crash, p_feasible = self.surrogate.predict(x)
         score = np.log(p_feasible + 0.05)
         score[p_crash > self.crash_threshold] -= 1e6
@@ -139,9 +138,8 @@ class TBAOptimizer(BaseOptimizer):
             scored.sort(key=lambda i: self.results[i].utility, reverse=True)
             n_good = max(1, math.ceil(self.gamma * len(scored)))
             good = set(scored[:n_good])
-            encoded = np.stack([encode(self.space, p) for p in self.params])
             mask = np.array([i in good for i in range(len(self.params))])
-            score += ParzenRatio(encoded[mask], encoded[~mask]).score(x)
+            score += ParzenRatio(history[mask], history[~mask]).score(x)
         return score + rng.uniform(0.0, 1e-6, len(candidates))
 
     def _move(self, index: int) -> None:

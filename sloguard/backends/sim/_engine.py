@@ -89,7 +89,8 @@ def run_engine(
     batch_tokens = 0
     peak_used = 0
     prefix_queries = prefix_hits = 0
-    n_jitter = len(jitter)
+    jitter_steps = jitter.tolist()  # plain floats: cheaper in the step loop, same values
+    n_jitter = len(jitter_steps)
 
     while finished < n:
         # the client sends every request that is due and has a free slot
@@ -187,7 +188,8 @@ def run_engine(
             raise RuntimeError("scheduler made no progress")  # startup checks rule this out
         num_tokens = budget_cap - budget
         now += (
-            step_time(num_tokens, num_sampled, attn_pairs, decode_ctx) * jitter[steps % n_jitter]
+            step_time(num_tokens, num_sampled, attn_pairs, decode_ctx)
+            * jitter_steps[steps % n_jitter]
         )
         steps += 1
         batch_tokens += num_tokens
