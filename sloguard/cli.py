@@ -17,6 +17,7 @@ _EPILOG = """examples:
   sloguard evaluate knobs.max_num_seqs=32 knobs.enforce_eager=true
   sloguard evaluate model=llama-3.1-8b hardware=l4-24gb knobs.gpu_memory_utilization=0.7
   sloguard report --comparison paper-repro --output report/ --published
+  sloguard classify-crash studies/<study>/server-logs/trial-003.log --exit-code 1
 
 Overrides are Hydra's: group=option (model, hardware, slo, workload, optimizer, backend,
 space) or key=value (seed, budget, resume, slo.ttft_ms, space.max_num_seqs.high, ...)."""
@@ -24,11 +25,13 @@ space) or key=value (seed, budget, resume, slo.ttft_ms, space.max_num_seqs.high,
 
 def evaluate(overrides: Sequence[str]) -> dict[str, Any]:
     """Evaluate one fixed configuration (``knobs.*``; the rest from the space's defaults)."""
+    from sloguard.backends import backend_class
     from sloguard.experiment_runner import TrialStep, slo_from_config
     from sloguard.space import SearchSpace
     from sloguard.tune import compose_config
 
     cfg = compose_config(overrides)
+    backend_class(cfg.backend.name).preflight(cfg)
     space = SearchSpace.from_config(cfg.space)
     fixed = {k: v for k, v in to_container(cfg.knobs).items() if v is not None}
     record = TrialStep.from_config(cfg, space, slo_from_config(cfg)).evaluate(fixed, 0)
@@ -58,6 +61,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub.add_parser(
         "evaluate", help="evaluate one fixed configuration and print it as JSON", add_help=False
     )
+    sub.add_parser(
+        "classify-crash",
+        help="classify a failed server's log (oom, cuda, timeout, config) as JSON",
+        add_help=False,
+    )
     report = sub.add_parser("report", help="paired-seed statistics and figures from MLflow")
     _add_report_arguments(report)
     args, rest = parser.parse_known_args(argv)
@@ -65,6 +73,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         _report(args)
+        return
+    if args.command == "classify-crash":
+        from sloguard.crash_classifier import main as classify_main
+
+        classify_main(rest)
         return
     if args.command == "tune":
         from sloguard.tune import main as tune_main

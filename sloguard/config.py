@@ -126,12 +126,24 @@ class OptimizerConfig:
 
 @dataclass
 class BackendConfig:
-    """Where a configuration is evaluated."""
+    """Where a configuration is evaluated: the simulator or a real vLLM server."""
 
     name: str = MISSING
-    noise: float = 0.03  # sim: lognormal sigma of per-step time jitter
     timeout_s: float = 600.0  # load phase limit; past it the trial is a timeout crash
-    cuda_error_rate: float = 0.0  # sim: chance that a trial dies of a transient CUDA error
+    # sim
+    noise: float = 0.03  # lognormal sigma of per-step time jitter
+    cuda_error_rate: float = 0.0  # chance that a trial dies of a transient CUDA error
+    # vllm: the launch command as an argv list; "{python}" and "{model}" are substituted
+    command: list[str] = field(default_factory=lambda: ["vllm", "serve", "{model}"])
+    python: str = "python"  # the interpreter "{python}" stands for (a venv's, for the CPU build)
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for the server
+    extra_args: list[str] = field(default_factory=list)  # appended after the knob flags
+    host: str = "127.0.0.1"
+    startup_timeout_s: float = 600.0  # no /health 200 by then: a timeout crash
+    stall_timeout_s: float = 60.0  # a stream silent this long is hung
+    warmup_requests: int = 2  # short requests before the measurement window
+    shutdown_grace_s: float = 10.0  # SIGTERM, then SIGKILL after this
+    metrics_interval_s: float = 1.0  # /metrics scrape period during load
 
 
 @dataclass
@@ -272,7 +284,8 @@ def validate(cfg: DictConfig) -> None:
         _check_positive(f"hardware.{key}", cfg.hardware[key])
     if cfg.backend.noise < 0:
         raise ConfigError(f"backend.noise={cfg.backend.noise} is invalid; it must be >= 0")
-    _check_positive("backend.timeout_s", cfg.backend.timeout_s)
+    for key in ("timeout_s", "startup_timeout_s", "stall_timeout_s", "metrics_interval_s"):
+        _check_positive(f"backend.{key}", cfg.backend[key])
     _check_positive("optimizer.handoff", cfg.optimizer.handoff)
     _check_positive("optimizer.grid_util_step", cfg.optimizer.grid_util_step)
     _check_positive("space.kv_overcommit", cfg.space.kv_overcommit)

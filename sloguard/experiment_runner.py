@@ -130,9 +130,12 @@ class TrialStep:
     slo: SloContract
     seed: int
     max_position_embeddings: int
+    log_dir: Path | None = None
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, space: SearchSpace, slo: SloContract) -> TrialStep:
+    def from_config(
+        cls, cfg: DictConfig, space: SearchSpace, slo: SloContract, log_dir: Path | None = None
+    ) -> TrialStep:
         backend = create_backend(cfg)
         return cls(
             space,
@@ -142,6 +145,7 @@ class TrialStep:
             slo,
             cfg.seed,
             cfg.model.max_position_embeddings,
+            log_dir,
         )
 
     def run(self, optimizer: BaseOptimizer, number: int) -> TrialRecord:
@@ -153,8 +157,13 @@ class TrialStep:
         """Fit ``params`` for launch and evaluate them as trial ``number``."""
         repair = launch_config(self.space, self.guard, params, self.max_position_embeddings)
         start = time.perf_counter()
+        log_path = self.log_dir / f"trial-{number:03d}.log" if self.log_dir else None
         result = self.backend.evaluate(
-            repair.config, self.workload, self.slo, seed=trial_seed(self.seed, number)
+            repair.config,
+            self.workload,
+            self.slo,
+            seed=trial_seed(self.seed, number),
+            log_path=log_path,
         )
         return TrialRecord(
             number, params, result, phase, list(repair.changes), time.perf_counter() - start
@@ -311,7 +320,7 @@ def run_study(
         if record.number not in logged:
             tracker.log_trial(record, _requests_path(directory, record.number))
 
-    trial = TrialStep.from_config(cfg, space, slo)
+    trial = TrialStep.from_config(cfg, space, slo, log_dir=directory / "server-logs")
     crashes = sum(1 for r in log.records if r.result.crash)
     bar = tqdm(
         total=cfg.budget,

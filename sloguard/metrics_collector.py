@@ -1,11 +1,18 @@
-"""Per-request records to trial metrics, and the TrialResult every backend returns."""
+"""Per-request records to trial metrics, and the TrialResult every backend returns.
+
+Also the server side of a real trial: vLLM's ``/metrics`` (parsed with prometheus_client's
+parser) sampled during load, and the facts its startup log states.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from sloguard import slo_contract
 from sloguard.crash_classifier import CrashInfo
@@ -123,3 +130,78 @@ def requests_table(records: Sequence[RequestRecord], slo: SloContract) -> list[d
             )
         rows.append(row)
     return rows
+
+
+# vLLM v1 engine metric sample names (counters carry the _total suffix)
+KV_USAGE = "vllm:kv_cache_usage_perc"
+RUNNING = "vllm:num_requests_running"
+WAITING = "vllm:num_requests_waiting"
+PREEMPTIONS = "vllm:num_preemptions_total"
+PREFIX_QUERIES = "vllm:prefix_cache_queries_total"
+PREFIX_HITS = "vllm:prefix_cache_hits_total"
+PROMPT_TOKENS = "vllm:prompt_tokens_total"
+GENERATION_TOKENS = "vllm:generation_tokens_total"
+_GAUGES = (KV_USAGE, RUNNING, WAITING)
+_COUNTERS = (PREEMPTIONS, PREFIX_QUERIES, PREFIX_HITS, PROMPT_TOKENS, GENERATION_TOKENS)
+
+_STARTUP_PATTERNS: dict[str, re.Pattern[str]] = {
+    "kv_cache_tokens": re.compile(r"KV cache size: ([\d,]+) tokens"),
+    "max_concurrency": re.compile(
+        r"Maximum concurrency for [\d,]+ tokens per request: ([\d.,]+)x"
+    ),
+    "init_engine_s": re.compile(
+        r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+)"
+    ),
+}
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """vLLM's Prometheus text as ``{sample name: value}``, summed over label sets (engines)."""
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in _GAUGES or sample.name in _COUNTERS:
+                values[sample.name] = values.get(sample.name, 0.0) + float(sample.value)
+    return values
+
+
+def parse_startup_log(text: str) -> dict[str, float]:
+    """KV cache tokens, maximum concurrency and engine init seconds, as the log states them."""
+    facts: dict[str, float] = {}
+    for key, pattern in _STARTUP_PATTERNS.items():
+        matches = pattern.findall(text)
+        if matches:
+            facts[key] = float(matches[-1].replace(",", ""))
+    return facts
+
+
+@dataclass
+class ServerMetrics:
+    """Scrapes of ``/metrics`` over one load phase: counter deltas, gauge peaks and means."""
+
+    before: dict[str, float] = field(default_factory=dict)
+    samples: list[dict[str, float]] = field(default_factory=list)
+    after: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, float]:
+        """Figures for the trial: preemptions, prefix-cache hit rate, KV and queue peaks."""
+        out: dict[str, float] = {}
+        if self.before and self.after:
+
+            def delta(name: str) -> float:
+                return self.after.get(name, 0.0) - self.before.get(name, 0.0)
+
+            out["num_preemptions"] = delta(PREEMPTIONS)
+            out["server_prompt_tokens"] = delta(PROMPT_TOKENS)
+            out["server_generation_tokens"] = delta(GENERATION_TOKENS)
+            queries = delta(PREFIX_QUERIES)
+            out["prefix_cache_hit_rate"] = delta(PREFIX_HITS) / queries if queries > 0 else 0.0
+        scrapes = [*self.samples, self.after] if self.after else self.samples
+        if scrapes:
+            for name, key in ((KV_USAGE, "peak_kv_usage"), (RUNNING, "max_running")):
+                out[key] = max(s.get(name, 0.0) for s in scrapes)
+            waiting = [s.get(WAITING, 0.0) for s in scrapes]
+            out["max_waiting"] = max(waiting)
+            out["mean_waiting"] = float(np.mean(waiting))
+            out["metrics_scrapes"] = float(len(scrapes))
+        return out

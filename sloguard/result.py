@@ -53,6 +53,7 @@ class TrialResult:
         utility: The value the optimizers maximise; ``None`` for a crash.
         server: Engine-side facts (KV cache tokens, preemptions, startup time, ...).
         requests: Per-request records; kept out of the trial log (written as a table instead).
+        server_log: Path of the real server's log, if one ran.
     """
 
     config: dict[str, Any]
@@ -62,6 +63,7 @@ class TrialResult:
     utility: float | None = None
     server: dict[str, float] = field(default_factory=dict)
     requests: list[RequestRecord] = field(default_factory=list, repr=False)
+    server_log: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict without the per-request records."""
@@ -72,6 +74,7 @@ class TrialResult:
             "feasible": self.feasible,
             "utility": self.utility,
             "server": self.server,
+            "server_log": self.server_log,
         }
 
     @classmethod
@@ -84,4 +87,5 @@ class TrialResult:
             feasible=data.get("feasible", False),
             utility=data.get("utility"),
             server=data.get("server", {}),
+            server_log=data.get("server_log"),
         )

@@ -184,6 +184,9 @@ class StudyTracker:
         self.client.log_dict(run_id, record.to_dict(), "trial.json")
         if requests_csv is not None and requests_csv.exists():
             self.client.log_text(run_id, requests_csv.read_text(encoding="utf-8"), "requests.csv")
+        server_log = record.result.server_log
+        if server_log and os.path.exists(server_log):
+            self.client.log_artifact(run_id, server_log, "server")
         self.client.set_terminated(run_id, "FAILED" if record.result.crash else "FINISHED")
         return run_id
 

@@ -27,6 +27,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
+from sloguard.backends import backend_class
 from sloguard.config import ConfigError, register_configs, validate
 from sloguard.experiment_runner import run_study
 
@@ -90,7 +91,11 @@ def expand_sweeps(overrides: Sequence[str]) -> list[list[str]]:
 
 
 def check_overrides(argv: Sequence[str]) -> None:
-    """Validate every job a command line would run; raise ConfigError on the first bad one."""
+    """Validate every job a command line would run, and that this machine can run its backend.
+
+    Raises:
+        ConfigError: On the first bad job.
+    """
     overrides: list[str] = []
     skip_next = False
     for arg in argv:
@@ -103,7 +108,8 @@ def check_overrides(argv: Sequence[str]) -> None:
         elif not arg.startswith("-") and not arg.startswith("hydra"):
             overrides.append(arg)
     for combo in expand_sweeps(overrides):
-        compose_config(combo)
+        cfg = compose_config(combo)
+        backend_class(cfg.backend.name).preflight(cfg)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")

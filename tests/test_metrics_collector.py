@@ -1,10 +1,25 @@
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from sloguard.crash_classifier import CrashCategory, CrashInfo
-from sloguard.metrics_collector import build_result, requests_table, summarize
+from sloguard.metrics_collector import (
+    GENERATION_TOKENS,
+    KV_USAGE,
+    PREEMPTIONS,
+    PREFIX_HITS,
+    PREFIX_QUERIES,
+    RUNNING,
+    WAITING,
+    ServerMetrics,
+    build_result,
+    parse_metrics,
+    parse_startup_log,
+    requests_table,
+    summarize,
+)
 from sloguard.result import RequestRecord
 from sloguard.slo_contract import SloContract
 
@@ -75,3 +90,47 @@ def test_requests_table_rows(records: list[RequestRecord]) -> None:
     assert rows[1]["max_itl_ms"] == pytest.approx(100.0)
     assert rows[2]["error"] == "HTTP 500" and rows[2]["ttft_ms"] is None
     assert not math.isnan(rows[0]["e2el_ms"])
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_parse_metrics_reads_a_real_vllm_scrape() -> None:
+    values = parse_metrics((DATA / "vllm_cpu_metrics_under_load.txt").read_text())
+    assert values[RUNNING] == 4.0 and values[WAITING] == 0.0
+    assert values[KV_USAGE] == pytest.approx(0.000791922, rel=1e-6)
+    assert values[GENERATION_TOKENS] == 8623.0
+    assert values["vllm:prompt_tokens_total"] == 34829.0
+    assert values[PREEMPTIONS] == 0.0 and values[PREFIX_QUERIES] == 0.0
+    assert all(name.startswith("vllm:") for name in values)  # histograms etc. are left out
+
+
+def test_parse_metrics_sums_engines() -> None:
+    text = (
+        "# TYPE vllm:num_preemptions counter\n"
+        'vllm:num_preemptions_total{engine="0",model_name="m"} 3.0\n'
+        'vllm:num_preemptions_total{engine="1",model_name="m"} 4.0\n'
+    )
+    assert parse_metrics(text) == {PREEMPTIONS: 7.0}
+
+
+def test_server_metrics_deltas_peaks_and_hit_rate() -> None:
+    metrics = ServerMetrics(
+        before={PREEMPTIONS: 5, PREFIX_QUERIES: 100, PREFIX_HITS: 10, GENERATION_TOKENS: 0},
+        samples=[{KV_USAGE: 0.2, WAITING: 3, RUNNING: 8}, {KV_USAGE: 0.7, WAITING: 1, RUNNING: 6}],
+        after={PREEMPTIONS: 9, PREFIX_QUERIES: 300, PREFIX_HITS: 160, GENERATION_TOKENS: 640,
+               KV_USAGE: 0.0, WAITING: 0, RUNNING: 0},
+    )  # fmt: skip
+    s = metrics.summary()
+    assert s["num_preemptions"] == 4 and s["server_generation_tokens"] == 640
+    assert s["prefix_cache_hit_rate"] == pytest.approx(150 / 200)
+    assert s["peak_kv_usage"] == 0.7 and s["max_running"] == 8
+    assert s["max_waiting"] == 3 and s["mean_waiting"] == pytest.approx(4 / 3)
+    assert s["metrics_scrapes"] == 3
+    assert ServerMetrics().summary() == {}
+
+
+def test_parse_startup_log_of_a_real_server() -> None:
+    facts = parse_startup_log((DATA / "vllm_cpu_logs" / "served_ok.log").read_text())
+    assert facts == {"kv_cache_tokens": 425088.0, "max_concurrency": 415.12, "init_engine_s": 0.84}
+    assert parse_startup_log("nothing here") == {}

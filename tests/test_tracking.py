@@ -107,3 +107,24 @@ def test_flatten() -> None:
         "a.c.d": [1, 2],
         "e": "x",
     }
+
+
+def test_a_trial_with_a_server_log_gets_it_as_an_artifact(tmp_path) -> None:
+    from sloguard.result import TrialResult
+    from sloguard.tracking import StudyTracker
+    from sloguard.trial_logger import TrialRecord
+
+    log = tmp_path / "trial-000.log"
+    log.write_text("INFO CPU KV cache size: 1,024 tokens\n")
+    tracker = StudyTracker.start(
+        f"sqlite:///{tmp_path / 'mlflow.db'}", "sloguard", "s", common_tags={"optimizer": "x"}
+    )
+    result = TrialResult(config={"max_num_seqs": 4}, server_log=str(log))
+    run_id = tracker.log_trial(TrialRecord(0, {}, result))
+    names = [a.path for a in tracker.client.list_artifacts(run_id, "server")]
+    assert names == ["server/trial-000.log"]
+    local = tracker.client.download_artifacts(run_id, "server/trial-000.log")
+    text = Path(local).read_text()
+    assert text == log.read_text()
+    without = tracker.log_trial(TrialRecord(1, {}, TrialResult(config={"max_num_seqs": 4})))
+    assert tracker.client.list_artifacts(without, "server") == []

@@ -1,4 +1,4 @@
-"""Backends that evaluate configurations: the embedded simulator and (later) a real vLLM server."""
+"""Backends that evaluate configurations: the embedded simulator and a real vLLM server."""
 
 from __future__ import annotations
 
@@ -13,14 +13,20 @@ if TYPE_CHECKING:
 # name -> "module:Class"; imported on use so a backend's heavy dependencies stay optional
 BACKENDS: dict[str, str] = {
     "sim": "sloguard.backends.sim:SimBackend",
+    "vllm": "sloguard.backends.vllm:VllmBackend",
+    "vllm-cpu": "sloguard.backends.vllm:VllmBackend",
 }
+
+
+def backend_class(name: str) -> type[BaseBackend]:
+    """The backend class registered as ``name``."""
+    module_name, class_name = BACKENDS[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
 
 
 def create_backend(cfg: DictConfig) -> BaseBackend:
     """Instantiate the backend named by ``cfg.backend.name``."""
-    module_name, class_name = BACKENDS[cfg.backend.name].split(":")
-    backend_cls = getattr(importlib.import_module(module_name), class_name)
-    return backend_cls(cfg)
+    return backend_class(cfg.backend.name)(cfg)
 
 
-__all__ = ["BACKENDS", "BaseBackend", "create_backend"]
+__all__ = ["BACKENDS", "BaseBackend", "backend_class", "create_backend"]

@@ -6,6 +6,8 @@ import abc
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from omegaconf import DictConfig
 
     from sloguard.result import TrialResult
@@ -29,9 +31,24 @@ class BaseBackend(abc.ABC):
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
 
+    @classmethod
+    def preflight(cls, cfg: DictConfig) -> None:
+        """Check this machine can run the backend as configured, before any trial.
+
+        Raises:
+            ConfigError: One line naming what is missing.
+        """
+        return None  # the simulator needs nothing
+
     @abc.abstractmethod
     def evaluate(
-        self, config: dict[str, Any], workload: Workload, slo: SloContract, *, seed: int
+        self,
+        config: dict[str, Any],
+        workload: Workload,
+        slo: SloContract,
+        *,
+        seed: int,
+        log_path: Path | None = None,
     ) -> TrialResult:
         """Run ``workload`` against a server launched with ``config``.
 
@@ -40,4 +57,5 @@ class BaseBackend(abc.ABC):
             workload: The requests to serve.
             slo: The contract that turns latencies into goodput and feasibility.
             seed: Seeds everything random in this evaluation.
+            log_path: Where a real server's log goes (kept as the trial's artifact).
         """

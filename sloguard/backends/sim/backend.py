@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,13 @@ class SimBackend(BaseBackend):
     name = "sim"
 
     def evaluate(
-        self, config: dict[str, Any], workload: Workload, slo: SloContract, *, seed: int
+        self,
+        config: dict[str, Any],
+        workload: Workload,
+        slo: SloContract,
+        *,
+        seed: int,
+        log_path: Path | None = None,
     ) -> TrialResult:
         model, hw, backend = self.cfg.model, self.cfg.hardware, self.cfg.backend
         wall = time.perf_counter()

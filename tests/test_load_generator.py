@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from sloguard.load_generator import (
+    HUNG_ERROR,
+    TIMEOUT_ERROR,
+    LoadResult,
+    LoadSettings,
+    build_prompts,
+    generate,
+)
+from sloguard.testing import StubBehavior, start_stub
+from sloguard.workload import Workload, build_workload
+
+VOCAB = 500
+
+
+def _workload(
+    n: int,
+    *,
+    prompt: int = 8,
+    output: int = 5,
+    gap_s: float = 0.0,
+    concurrency: int = 0,
+    groups: np.ndarray | None = None,
+    prefix: int = 0,
+) -> Workload:
+    return Workload(
+        prompt_lens=np.full(n, prompt),
+        output_lens=np.full(n, output),
+        arrival_times=np.arange(n) * gap_s,
+        concurrency=concurrency,
+        prefix_groups=np.full(n, -1) if groups is None else groups,
+        shared_prefix_len=prefix,
+    )
+
+
+def _run(
+    behavior: StubBehavior, workload: Workload, **settings: float
+) -> tuple[LoadResult, StubBehavior]:
+    async def main() -> LoadResult:
+        runner, url = await start_stub(behavior)
+        try:
+            return await generate(workload, LoadSettings(url, "stub", VOCAB, **settings))
+        finally:
+            await runner.cleanup()
+
+    return asyncio.run(main()), behavior
+
+
+def test_measures_the_stubs_exact_ttft_and_itl() -> None:
+    result, _ = _run(StubBehavior(ttft_s=0.08, itl_s=0.02), _workload(4, output=6, gap_s=0.05))
+    for record in result.records:
+        assert record.error is None and record.output_len == 6
+        ttft = record.token_times[0] - record.send_time
+        assert 0.075 <= ttft <= 0.12
+        gaps = np.diff(record.token_times)
+        assert gaps.min() >= 0.017 and np.median(gaps) <= 0.03
+    assert result.duration_s == pytest.approx(0.15 + 0.08 + 5 * 0.02, abs=0.06)
+
+
+def test_open_loop_sends_on_schedule() -> None:
+    result, _ = _run(StubBehavior(itl_s=0.001), _workload(20, gap_s=0.01))
+    lag = result.schedule_lag_s
+    assert len(lag) == 20 and lag.min() >= 0.0 and np.percentile(lag, 99) < 0.01
+    sends = [r.send_time for r in result.records]
+    assert sends == sorted(sends) and sends[-1] == pytest.approx(0.19, abs=0.01)
+
+
+def test_closed_loop_caps_requests_in_flight() -> None:
+    result, _ = _run(StubBehavior(ttft_s=0.05, itl_s=0.01), _workload(12, concurrency=3))
+    spans = [(r.send_time, r.token_times[-1]) for r in result.records]
+    in_flight = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
+    assert in_flight == 3
+    # 12 requests, 3 at a time, ~0.09 s each: four waves
+    assert result.duration_s == pytest.approx(4 * 0.09, abs=0.08)
+    assert result.schedule_lag_s.max() > 0.2  # later requests waited for a slot
+
+
+def test_failed_requests_are_recorded_with_their_cause() -> None:
+    faults = {1: "500", 2: "reset", 3: "hang", 4: "cut"}
+    behavior = StubBehavior(itl_s=0.01, faults=faults)
+    result, _ = _run(behavior, _workload(6, output=6), stall_timeout_s=0.5)
+    errors = {r.request_id: r.error for r in result.records}
+    assert errors[0] is None and errors[5] is None
+    assert errors[1].startswith("http 500") and "stub failure" in errors[1]
+    assert errors[2].startswith("reset:")
+    assert errors[3].startswith(HUNG_ERROR) and "after 2 tokens" in errors[3]
+    assert errors[4].startswith("reset: stream ended before [DONE]")
+    for request_id in faults:
+        record = result.records[request_id]
+        assert not record.success and record.output_len == 0
+
+
+def test_load_timeout_fails_unfinished_and_unsent_requests() -> None:
+    workload = _workload(4, output=20, gap_s=0.5)  # 20 tokens x 20 ms: 0.4 s each
+    result, _ = _run(StubBehavior(itl_s=0.02), workload, load_timeout_s=0.6)
+    assert result.timed_out
+    errors = [r.error or "" for r in result.records]
+    assert errors[0] == ""
+    assert errors[1].startswith(TIMEOUT_ERROR) and "unfinished" in errors[1]
+    assert all(e.startswith(TIMEOUT_ERROR) and "not sent" in e for e in errors[2:])
+
+
+def test_short_output_is_a_failure() -> None:
+    # the stub streams max_tokens tokens; fake a server that stops early via a cut after 2
+    result, _ = _run(StubBehavior(faults={0: "cut"}, fault_after_tokens=3), _workload(1))
+    assert "3 tokens" in (result.records[0].error or "")
+
+
+def test_payload_fixes_output_length_and_prompt_tokens() -> None:
+    behavior = StubBehavior()
+    workload = _workload(5, prompt=12, output=7)
+    _run(behavior, workload)
+    assert len(behavior.received) == 5
+    for body in behavior.received:
+        assert body["stream"] is True and body["ignore_eos"] is True
+        assert body["max_tokens"] == 7 and len(body["prompt"]) == 12
+        assert all(16 <= t < VOCAB for t in body["prompt"])
+
+
+def test_prompts_are_deterministic_and_share_group_prefixes() -> None:
+    groups = np.array([0, 1, 0, -1, 1])
+    workload = _workload(5, prompt=20, groups=groups, prefix=8)
+    prompts = build_prompts(workload, VOCAB, seed=3)
+    assert prompts == build_prompts(workload, VOCAB, seed=3)
+    assert prompts != build_prompts(workload, VOCAB, seed=4)
+    assert prompts[0][:8] == prompts[2][:8] and prompts[1][:8] == prompts[4][:8]
+    assert prompts[0][:8] != prompts[1][:8] and prompts[0][8:] != prompts[2][8:]
+    assert [len(p) for p in prompts] == [20] * 5
+
+
+def test_the_same_workload_config_drives_the_stub(compose: Callable) -> None:
+    workload = build_workload(compose("workload=smoke").workload)
+    behavior = StubBehavior()
+    result, _ = _run(behavior, workload)
+    sent = sorted(behavior.received, key=lambda b: len(b["prompt"]))
+    assert sorted(len(b["prompt"]) for b in sent) == sorted(workload.prompt_lens.tolist())
+    assert [r.prompt_len for r in result.records] == workload.prompt_lens.tolist()
+    assert all(r.success for r in result.records)
+
+
+def test_bad_vocab_is_rejected() -> None:
+    with pytest.raises(ValueError, match="vocab_size=10"):
+        build_prompts(_workload(1), 10, seed=0)
