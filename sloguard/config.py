@@ -89,7 +89,7 @@ class WorkloadConfig:
     num_requests: int = 200
     prompt_len: LengthConfig = field(default_factory=LengthConfig)
     output_len: LengthConfig = field(default_factory=LengthConfig)
-    arrival: str = "closed"  # closed | poisson | gamma
+    arrival: str = "closed"  # closed | poisson | gamma | trace
     request_rate: float = 10.0  # req/s for poisson and gamma
     burstiness: float = 1.0  # gamma shape; 1.0 is Poisson
     concurrency: int = 0  # in-flight cap; required for closed, optional for open loops
@@ -97,6 +97,11 @@ class WorkloadConfig:
     shared_prefix_len: int = 0  # tokens of a prefix shared by requests of one group
     num_prefix_groups: int = 0
     seed: int = 0
+    # arrival=trace: a CSV of (arrived_at, num_prefill_tokens, num_decode_tokens) or the Azure
+    # columns (TIMESTAMP, ContextTokens, GeneratedTokens)
+    trace_path: str | None = None
+    trace_time_scale: float = 1.0  # multiplies the gaps: 0.5 replays at twice the rate
+    trace_start_s: float = 0.0  # skip the trace's first seconds
 
 
 @dataclass
@@ -271,6 +276,8 @@ def validate(cfg: DictConfig) -> None:
         _check_positive(f"workload.{key}", workload[key])
     if workload.arrival == "closed":
         _check_positive("workload.concurrency", workload.concurrency)
+    if workload.arrival == "trace":
+        _check_trace(workload)
     for which in ("prompt_len", "output_len"):
         dist = workload[which]
         _check_choice(f"workload.{which}.dist", dist.dist, LENGTH_DISTS)
@@ -292,6 +299,28 @@ def validate(cfg: DictConfig) -> None:
     space = SearchSpace.from_config(cfg.space)  # raises ConfigError on a bad range
     fixed = {k: v for k, v in to_container(cfg.knobs).items() if v is not None}
     space.check_values(fixed, where="knobs")
+
+
+def _check_trace(workload: DictConfig) -> None:
+    """A trace workload needs a readable CSV with known columns and enough requests."""
+    from sloguard.workload import read_trace, trace_columns
+
+    _check_positive("workload.trace_time_scale", workload.trace_time_scale)
+    path = workload.trace_path
+    if not path:
+        raise ConfigError("workload.trace_path is required for workload.arrival=trace")
+    try:
+        trace_columns(path)
+        arrivals, _, _ = read_trace(path, workload.trace_start_s)
+    except FileNotFoundError:
+        raise ConfigError(f"workload.trace_path={path!r} does not exist") from None
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"workload.trace_path={path!r} {e}") from None
+    if len(arrivals) < workload.num_requests:
+        raise ConfigError(
+            f"workload.num_requests={workload.num_requests} is more than the "
+            f"{len(arrivals)} requests of {path!r} from trace_start_s={workload.trace_start_s:g}"
+        )
 
 
 def _check_choice(key: str, value: Any, choices: list[str] | tuple[str, ...]) -> None:

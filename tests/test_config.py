@@ -20,8 +20,15 @@ def test_every_group_has_options() -> None:
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS)
-def test_every_config_file_composes_and_validates(compose, group: str, option: str) -> None:
-    cfg = compose(f"{group}={option}")
+def test_every_config_file_composes_and_validates(
+    compose, group: str, option: str, tmp_path: Path
+) -> None:
+    extra = []
+    if (group, option) == ("workload", "trace"):  # needs the user's trace file
+        trace = tmp_path / "t.csv"
+        trace.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n" + "0,8,4\n" * 300)
+        extra = [f"workload.trace_path={trace}"]
+    cfg = compose(f"{group}={option}", *extra)
     assert cfg[group].name == option  # every option names itself
 
 

@@ -148,3 +148,22 @@ def test_the_same_workload_config_drives_the_stub(compose: Callable) -> None:
 def test_bad_vocab_is_rejected() -> None:
     with pytest.raises(ValueError, match="vocab_size=10"):
         build_prompts(_workload(1), 10, seed=0)
+
+
+def test_a_trace_drives_the_load_generator_and_the_sim_alike(compose, tmp_path) -> None:
+    from sloguard.cli import evaluate
+
+    rows = "".join(f"{0.05 * i:.2f},{20 + 3 * i},{2 + i % 3}\n" for i in range(12))
+    trace = tmp_path / "trace.csv"
+    trace.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n" + rows)
+    overrides = ["workload=trace", f"workload.trace_path={trace}", "workload.num_requests=12"]
+    workload = build_workload(compose(*overrides).workload)
+    behavior = StubBehavior()
+    result, _ = _run(behavior, workload)
+    assert [len(b["prompt"]) for b in behavior.received] == [20 + 3 * i for i in range(12)]
+    assert [r.output_len for r in result.records] == [2 + i % 3 for i in range(12)]
+    sends = np.array([r.send_time for r in result.records])
+    assert sends == pytest.approx(np.arange(12) * 0.05, abs=0.01)
+    sim = evaluate([*overrides, "model=tiny-random", "hardware=cpu", "space=cpu-small"])
+    assert sim["crash"] is None and sim["metrics"]["num_requests"] == 12
+    assert sim["metrics"]["completed"] == 12

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from sloguard.workload import arrival_times, build_workload
+from sloguard.config import ConfigError
+from sloguard.workload import arrival_times, build_workload, read_trace
 
 
 def test_same_seed_same_requests(compose) -> None:
@@ -37,3 +38,88 @@ def test_open_loop_rate_and_burstiness(kind: str, burstiness: float, cv: float) 
     gaps = np.diff(times)
     assert 1.0 / gaps.mean() == pytest.approx(10.0, rel=0.03)
     assert gaps.std() / gaps.mean() == pytest.approx(cv, rel=0.05)  # gamma CV = 1/sqrt(shape)
+
+
+def _trace(path, rows: str, azure: bool = False):
+    header = (
+        "TIMESTAMP,ContextTokens,GeneratedTokens"
+        if azure
+        else ("arrived_at,num_prefill_tokens,num_decode_tokens")
+    )
+    path.write_text(header + "\n" + rows)
+    return path
+
+
+def test_read_trace_both_column_conventions(tmp_path) -> None:
+    vidur = _trace(tmp_path / "v.csv", "2.0,30,5\n0.5,10,3\n1.0,20,4\n")
+    arrivals, prompts, outputs = read_trace(vidur)
+    assert arrivals.tolist() == [0.0, 0.5, 1.5] and prompts.tolist() == [10, 20, 30]
+    assert outputs.tolist() == [3, 4, 5]
+    azure = _trace(
+        tmp_path / "a.csv",
+        "2023-11-16 18:15:46.6805900,374,44\n2023-11-16 18:15:50.9951690,396,109\n"
+        "2023-11-16 18:15:51.2,100,7\n",
+        azure=True,
+    )
+    arrivals, prompts, _ = read_trace(azure, time_scale=0.5)
+    assert arrivals == pytest.approx([0.0, 4.3145790 / 2, 4.51941 / 2], abs=1e-6)
+    assert prompts.tolist() == [374, 396, 100]
+    later, _, _ = read_trace(vidur, start_s=0.5)
+    assert later.tolist() == [0.0, 1.0]  # from the first request at or after 0.5 s in
+
+
+def test_trace_workload_replays_scaled_and_clipped(compose, tmp_path) -> None:
+    rows = "".join(f"{0.1 * i},{100 + i},{5000 if i == 3 else 10}\n" for i in range(20))
+    trace = _trace(tmp_path / "t.csv", rows)
+    cfg = compose(
+        "workload=trace",
+        f"workload.trace_path={trace}",
+        "workload.num_requests=10",
+        "workload.trace_time_scale=2.0",
+    )
+    wl = build_workload(cfg.workload)
+    assert len(wl) == 10 and wl.concurrency == 0
+    assert wl.arrival_times == pytest.approx(np.arange(10) * 0.2)
+    assert wl.prompt_lens.tolist() == list(range(100, 110))
+    assert wl.output_lens[3] == 2048 and wl.output_lens[0] == 10  # clipped to output_len.high
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ((), "workload.trace_path is required for workload.arrival=trace"),
+        (("workload.trace_path=/no/trace.csv",), "workload.trace_path='/no/trace.csv' does not"),
+        (("BADCOLS",), "has columns ['a', 'b']; a trace needs (arrived_at, num_prefill_tokens"),
+        (
+            ("FEW", "workload.num_requests=5"),
+            "workload.num_requests=5 is more than the 3 requests",
+        ),
+        (("FEW", "workload.trace_time_scale=0"), "workload.trace_time_scale=0.0 is invalid"),
+    ],
+)
+def test_bad_trace_input_is_one_clear_error(compose, tmp_path, overrides, message) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    few = _trace(tmp_path / "few.csv", "0,1,1\n1,1,1\n2,1,1\n")
+    swap = {"BADCOLS": f"workload.trace_path={bad}", "FEW": f"workload.trace_path={few}"}
+    with pytest.raises(ConfigError) as info:
+        compose("workload=trace", *[swap.get(o, o) for o in overrides])
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "rate", "cv", "prompt_mean", "output_mean"),
+    [("azure-code", 2.57, 13.2, 2048, 28), ("azure-conv", 5.53, 1.09, 1155, 211)],
+)
+def test_azure_shaped_workloads_match_the_published_statistics(
+    compose, name, rate, cv, prompt_mean, output_mean
+) -> None:
+    # many requests so the sample statistics settle (the configs draw 1000)
+    wl = build_workload(compose(f"workload={name}", "workload.num_requests=200000").workload)
+    gaps = np.diff(wl.arrival_times)
+    assert len(wl) / wl.arrival_times[-1] == pytest.approx(rate, rel=0.1)
+    assert gaps.std() / gaps.mean() == pytest.approx(cv, rel=0.15)
+    # clipping to [low, high] trims the lognormal tail a little
+    assert wl.prompt_lens.mean() == pytest.approx(prompt_mean, rel=0.06)
+    assert wl.output_lens.mean() == pytest.approx(output_mean, rel=0.06)

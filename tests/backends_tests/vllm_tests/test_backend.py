@@ -74,15 +74,13 @@ def test_launch_argv_substitutes_python_and_model(compose, tmp_path: Path) -> No
     ]  # fmt: skip
 
 
-def test_missing_program_interpreter_or_offline_model_is_one_clear_error(
-    compose, tmp_path
-) -> None:
+def test_missing_program_python_or_offline_model_is_one_clear_error(compose, tmp_path) -> None:
     def preflight(*overrides: str) -> None:
         VllmBackend.preflight(compose("model=tiny-random", *overrides))
 
     with pytest.raises(ConfigError, match=r"backend.command\[0\]='no-such-vllm' is not an"):
         preflight("backend=vllm", "backend.command=[no-such-vllm,serve]")
-    with pytest.raises(ConfigError, match=r"backend.python='/no/venv/bin/py' does not exist"):
+    with pytest.raises(ConfigError, match=r"backend.python='/no/venv/bin/python' does not exist"):
         preflight(
             "backend=vllm-cpu", f"model.path={tmp_path}", "backend.python=/no/venv/bin/python"
         )
