@@ -18,6 +18,8 @@ _EPILOG = """examples:
   sloguard evaluate model=llama-3.1-8b hardware=l4-24gb knobs.gpu_memory_utilization=0.7
   sloguard report --comparison paper-repro --output report/ --published
   sloguard classify-crash studies/<study>/server-logs/trial-003.log --exit-code 1
+  sloguard calibrate backend=vllm-cpu model=tiny-random hardware=cpu space=cpu-small \
+      --out conf/hardware/cpu.yaml --measurements calibration/cpu-tiny-random.json
 
 Overrides are Hydra's: group=option (model, hardware, slo, workload, optimizer, backend,
 space) or key=value (seed, budget, resume, slo.ttft_ms, space.max_num_seqs.high, ...)."""
@@ -66,6 +68,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="classify a failed server's log (oom, cuda, timeout, config) as JSON",
         add_help=False,
     )
+    sub.add_parser(
+        "calibrate",
+        help="fit the simulator's step-time coefficients to a real server (writes hardware YAML)",
+        add_help=False,
+    )
     report = sub.add_parser("report", help="paired-seed statistics and figures from MLflow")
     _add_report_arguments(report)
     args, rest = parser.parse_known_args(argv)
@@ -78,6 +85,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         from sloguard.crash_classifier import main as classify_main
 
         classify_main(rest)
+        return
+    if args.command == "calibrate":
+        from sloguard.calibration import main as calibrate_main
+
+        calibrate_main(rest)
         return
     if args.command == "tune":
         from sloguard.tune import main as tune_main

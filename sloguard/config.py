@@ -55,6 +55,13 @@ class HardwareConfig:
     used_by_others_gb: float = 0.0  # memory other processes hold on the device
     fragmentation_frac: float = 0.03  # allocator growth under load, share of VRAM
     load_gbps: float = 2.0  # weight loading speed at startup, GB/s
+    attention_efficiency: float = 1.0  # attention FLOP rate relative to the GEMMs
+    graph_compute_factor: float = 1.0  # compute time in graph mode relative to eager
+    graphs_dynamic: bool = False  # graphs serve every batch size (CPU torch.compile), not <= 512
+    seq_overhead_ms: float = 0.0  # per sampled sequence per step (sampling, output processing)
+    graph_seq_overhead_ms: float | None = None  # the same in graph mode; None: seq_overhead_ms
+    request_overhead_ms: float = 0.0  # frontend: from a request's send until the engine has it
+    step_noise: float = 0.03  # lognormal sigma of per-step time jitter (measured by calibration)
     supports_cudagraphs: bool = True
     quantization: list[str] = field(default_factory=lambda: ["fp16", "fp8", "awq", "gptq"])
 
@@ -136,7 +143,7 @@ class BackendConfig:
     name: str = MISSING
     timeout_s: float = 600.0  # load phase limit; past it the trial is a timeout crash
     # sim
-    noise: float = 0.03  # lognormal sigma of per-step time jitter
+    noise: float | None = None  # lognormal sigma of step-time jitter; None: hardware.step_noise
     cuda_error_rate: float = 0.0  # chance that a trial dies of a transient CUDA error
     # vllm: the launch command as an argv list; "{python}" and "{model}" are substituted
     command: list[str] = field(default_factory=lambda: ["vllm", "serve", "{model}"])
@@ -146,7 +153,7 @@ class BackendConfig:
     host: str = "127.0.0.1"
     startup_timeout_s: float = 600.0  # no /health 200 by then: a timeout crash
     stall_timeout_s: float = 60.0  # a stream silent this long is hung
-    warmup_requests: int = 2  # short requests before the measurement window
+    warmup_requests: int = 8  # short requests sent together before the measurement window
     shutdown_grace_s: float = 10.0  # SIGTERM, then SIGKILL after this
     metrics_interval_s: float = 1.0  # /metrics scrape period during load
 
@@ -289,7 +296,7 @@ def validate(cfg: DictConfig) -> None:
             )
     for key in ("vram_gb", "peak_tflops", "mem_bw_gbps"):
         _check_positive(f"hardware.{key}", cfg.hardware[key])
-    if cfg.backend.noise < 0:
+    if cfg.backend.noise is not None and cfg.backend.noise < 0:
         raise ConfigError(f"backend.noise={cfg.backend.noise} is invalid; it must be >= 0")
     for key in ("timeout_s", "startup_timeout_s", "stall_timeout_s", "metrics_interval_s"):
         _check_positive(f"backend.{key}", cfg.backend[key])

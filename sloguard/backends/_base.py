@@ -6,6 +6,7 @@ import abc
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
 
     from omegaconf import DictConfig
@@ -59,3 +60,22 @@ class BaseBackend(abc.ABC):
             seed: Seeds everything random in this evaluation.
             log_path: Where a real server's log goes (kept as the trial's artifact).
         """
+
+    def evaluate_many(
+        self,
+        config: dict[str, Any],
+        workloads: Sequence[Workload],
+        slo: SloContract,
+        *,
+        seed: int,
+        log_path: Path | None = None,
+    ) -> list[TrialResult]:
+        """Serve each of ``workloads`` in turn under one ``config``; one result each.
+
+        A real backend launches the server once for all of them (calibration probes several
+        loads per launch); by default each is an :meth:`evaluate` of its own.
+        """
+        return [
+            self.evaluate(config, workload, slo, seed=seed, log_path=log_path)
+            for workload in workloads
+        ]

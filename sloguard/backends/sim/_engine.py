@@ -7,10 +7,14 @@ whole or waits. KV lives in blocks of 16 tokens; when a running request needs a 
 free, the newest running request is preempted and recomputed later, and no waiting request is
 admitted that step. With prefix caching, a request whose shared prefix is already cached skips
 computing it.
+
+Stretches of pure decode, where nothing can join or leave the batch and no block can run out,
+are advanced in one vectorised jump with the same arithmetic as step by step (the same floats).
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +24,8 @@ import numpy as np
 from sloguard.gpu_profile import BLOCK_SIZE
 from sloguard.result import RequestRecord
 from sloguard.workload import Workload
+
+_MIN_JUMP = 4  # shorter pure-decode stretches are cheaper step by step than vectorised
 
 
 @dataclass(frozen=True)
@@ -51,9 +57,12 @@ class EngineRun:
 def run_engine(
     workload: Workload,
     settings: EngineSettings,
-    step_time: Callable[[int, int, float, int], float],
+    step_time: Callable[[int, int, float, int, float], float],
     jitter: np.ndarray,
     timeout_s: float,
+    *,
+    arrival_delay_s: float = 0.0,
+    fast_decode: bool = True,
 ) -> EngineRun:
     """Serve ``workload`` and return per-request records and engine counters.
 
@@ -61,9 +70,12 @@ def run_engine(
         workload: Requests with their due times and the client's in-flight cap.
         settings: Scheduler limits and KV blocks.
         step_time: Seconds for a step given (tokens, sampled seqs, prefill attention pairs,
-            decode context); see :class:`~sloguard.backends.sim._roofline.StepTimeModel`.
-        jitter: Multiplicative step-time noise, cycled over steps.
+            decode context, jitter); see :class:`~sloguard.backends.sim._roofline.StepTimeModel`.
+        jitter: Step-time noise factors (mean 1), cycled over steps.
         timeout_s: Simulated time after which unfinished requests fail and the run stops.
+        arrival_delay_s: Frontend latency: a request reaches the scheduler this long after it
+            was sent (HTTP, tokenisation, the hop from the API server to the engine).
+        fast_decode: Jump over pure-decode stretches (off: every step on its own; same result).
     """
     n = len(workload)
     prompt = workload.prompt_lens.tolist()
@@ -82,6 +94,7 @@ def run_engine(
     free_blocks = total_blocks = settings.num_blocks
     slots = deque([0.0] * workload.concurrency) if workload.concurrency else None
     cached_groups: set[int] = set()
+    inbox: deque[tuple[float, int]] = deque()  # (when the engine has it, request) in send order
     waiting: deque[int] = deque()
     running: list[int] = []
     now = 0.0
@@ -91,6 +104,8 @@ def run_engine(
     prefix_queries = prefix_hits = 0
     jitter_steps = jitter.tolist()  # plain floats: cheaper in the step loop, same values
     n_jitter = len(jitter_steps)
+    decode_times = getattr(step_time, "decode", None) or _step_by_step(step_time)
+    last_step = 0.0
 
     while finished < n:
         # the client sends every request that is due and has a free slot
@@ -108,14 +123,74 @@ def run_engine(
                 if slots is not None:
                     slots.append(send[rid])
                 continue
-            waiting.append(rid)
+            inbox.append((send[rid] + arrival_delay_s, rid))
+        while inbox and inbox[0][0] <= now:
+            waiting.append(inbox.popleft()[1])
         if not running and not waiting:
+            if inbox:
+                now = max(now, inbox[0][0])  # idle until the engine has the next request
+                continue
             if next_send >= n:
                 break
             now = max(now, due[next_send])  # idle until the next request is due
             continue
         if now > timeout_s:
             break
+
+        # --- a stretch of pure decode: advance every running request by k tokens at once
+        nrun = len(running)
+        horizon = due[next_send] if next_send < n and (slots is None or slots) else math.inf
+        if inbox:
+            horizon = min(horizon, inbox[0][0])
+        k = 0
+        if (
+            fast_decode
+            and nrun
+            and nrun <= budget_cap
+            and (not waiting or nrun >= settings.max_num_seqs)
+            and free_blocks >= nrun
+            and horizon > now + _MIN_JUMP * last_step  # else the jump is too short to pay
+            and all(computed[r] == prompt[r] + generated[r] - 1 for r in running)
+        ):
+            # no request finishes before the last step, none needs more than ceil(k/16) blocks
+            k = min(min(target[r] - generated[r] for r in running), 4096)
+            k = min(k, BLOCK_SIZE * (free_blocks // nrun))
+        if k >= _MIN_JUMP:
+            ctx0 = sum(prompt[r] + generated[r] for r in running)
+            offsets = np.arange(k)
+            durations = decode_times(
+                nrun, ctx0 + nrun * offsets, jitter[(steps + offsets) % n_jitter]
+            )
+            ends = np.cumsum(np.concatenate(([now], durations)))[1:]
+            # a step starts only if nothing was due to be sent or to reach the engine by then,
+            # and before the timeout
+            k = min(k, 1 + int(np.searchsorted(ends[: k - 1], horizon, "left")))
+            k = min(k, 1 + int(np.searchsorted(ends[: k - 1], timeout_s, "right")))
+            times = ends[:k].tolist()
+            now = times[-1]
+            last_step = float(durations[k - 1])
+            for rid in running:
+                token_times[rid].extend(times)
+                generated[rid] += k
+                computed[rid] += k
+                grown = -(-computed[rid] // BLOCK_SIZE)
+                free_blocks -= grown - blocks[rid]
+                blocks[rid] = grown
+                if groups[rid] >= 0 and computed[rid] >= prefix_tokens:
+                    cached_groups.add(groups[rid])
+            steps += k
+            batch_tokens += nrun * k
+            peak_used = max(peak_used, total_blocks - free_blocks)
+            finished_now = [r for r in running if generated[r] == target[r]]
+            for rid in finished_now:
+                free_blocks += blocks[rid]
+                blocks[rid] = 0
+                finished += 1
+                if slots is not None:
+                    slots.append(now)
+            if finished_now:
+                running = [r for r in running if generated[r] < target[r]]
+            continue
 
         # --- schedule one step: running first, then waiting
         budget = budget_cap
@@ -187,10 +262,10 @@ def run_engine(
         if not sched_ids:
             raise RuntimeError("scheduler made no progress")  # startup checks rule this out
         num_tokens = budget_cap - budget
-        now += (
-            step_time(num_tokens, num_sampled, attn_pairs, decode_ctx)
-            * jitter_steps[steps % n_jitter]
+        last_step = step_time(
+            num_tokens, num_sampled, attn_pairs, decode_ctx, jitter_steps[steps % n_jitter]
         )
+        now += last_step
         steps += 1
         batch_tokens += num_tokens
         peak_used = max(peak_used, total_blocks - free_blocks)
@@ -242,6 +317,22 @@ def run_engine(
         mean_batch_tokens=batch_tokens / steps if steps else 0.0,
         prefix_cache_hit_rate=prefix_hits / prefix_queries if prefix_queries else 0.0,
     )
+
+
+def _step_by_step(
+    step_time: Callable[[int, int, float, int, float], float],
+) -> Callable[[int, np.ndarray, np.ndarray], np.ndarray]:
+    """Decode-step times from a model without a vectorised ``decode`` method."""
+
+    def decode(num_seqs: int, contexts: np.ndarray, jitters: np.ndarray) -> np.ndarray:
+        return np.array(
+            [
+                step_time(num_seqs, num_seqs, 0.0, int(c), float(j))
+                for c, j in zip(contexts, jitters, strict=True)
+            ]
+        )
+
+    return decode
 
 
 def make_jitter(rng: np.random.Generator, sigma: float, size: int = 4096) -> np.ndarray:

@@ -1,14 +1,19 @@
 """Step time from a roofline: max(compute time, memory time) plus a per-step overhead.
 
 Compute counts 2 FLOPs per weight per token, the LM head per sampled sequence, and attention
-(QK^T and PV) over each token's context. Memory reads every weight once per step plus the KV
-cache of every decoding sequence. The overhead is small with CUDA graphs (batches up to the
-captured size) and larger in eager mode, where it grows with the number of layers.
+(QK^T and PV) over each token's context, at its own efficiency. Memory reads every weight once
+per step plus the KV cache of every decoding sequence. The overhead is small with CUDA graphs
+(batches up to the captured size; every size for the CPU build's compiled graphs, which also
+compute faster) and larger in eager mode, where it grows with the number of layers; each sampled
+sequence adds its share of CPU work (sampling, detokenising, streaming the token out). Noise
+scales the overheads, not the kernels: host-side work is what varies from step to step.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from sloguard.gpu_profile import embedding_params, kv_bytes_per_token, weight_bytes
 
@@ -43,18 +48,27 @@ class StepTimeModel:
         self.flops_per_s = (
             hw.peak_tflops * 1e12 * hw.compute_efficiency * (QUANT_COMPUTE_FACTOR[quant])
         )
+        self.attn_flops_per_s = self.flops_per_s * hw.attention_efficiency
         self.bytes_per_s = hw.mem_bw_gbps * 1e9 * hw.bandwidth_efficiency
         graphs = not knobs["enforce_eager"] and hw.supports_cudagraphs
-        self.graph_tokens = (
-            min(2 * knobs["max_num_seqs"], hw.cudagraph_max_tokens) if graphs else 0
-        )
+        captured = hw.cudagraph_max_tokens if hw.graphs_dynamic else 2 * knobs["max_num_seqs"]
+        self.graph_tokens = min(captured, hw.cudagraph_max_tokens) if graphs else 0
+        self.graph_compute = hw.graph_compute_factor
         self.graph_overhead = hw.graph_step_overhead_ms * 1e-3
         self.eager_overhead = (
             hw.eager_step_overhead_ms + hw.eager_layer_overhead_ms * model.num_layers
         ) * 1e-3
+        self.seq_overhead = hw.seq_overhead_ms * 1e-3
+        graph_seq = hw.graph_seq_overhead_ms
+        self.graph_seq_overhead = (hw.seq_overhead_ms if graph_seq is None else graph_seq) * 1e-3
 
     def __call__(
-        self, num_tokens: int, num_sampled: int, attn_pairs: float, decode_context: int
+        self,
+        num_tokens: int,
+        num_sampled: int,
+        attn_pairs: float,
+        decode_context: int,
+        jitter: float = 1.0,
     ) -> float:
         """Step time in seconds.
 
@@ -63,12 +77,35 @@ class StepTimeModel:
             num_sampled: Sequences that sample a token this step (LM head rows).
             attn_pairs: Query-key pairs attended by prefill chunks.
             decode_context: Summed context length of the decoding sequences.
+            jitter: Noise factor on the step's overheads (host-side work is what varies).
         """
-        flops = (
-            self.flops_per_token * num_tokens
-            + self.flops_per_sample * num_sampled
-            + self.attn_flops_per_pair * (attn_pairs + decode_context)
-        )
+        compute, memory = self._roofline(num_tokens, num_sampled, attn_pairs, decode_context)
+        if num_tokens <= self.graph_tokens:
+            work = max(compute * self.graph_compute, memory)
+            return work + (self.graph_overhead + self.graph_seq_overhead * num_sampled) * jitter
+        work = max(compute, memory)
+        return work + (self.eager_overhead + self.seq_overhead * num_sampled) * jitter
+
+    def decode(self, num_seqs: int, contexts: np.ndarray, jitters: np.ndarray) -> np.ndarray:
+        """Times of consecutive pure-decode steps of ``num_seqs`` sequences, one per context.
+
+        Equal, element for element, to calling the model with ``(num_seqs, num_seqs, 0.0, c, j)``.
+        """
+        compute, memory = self._roofline(num_seqs, num_seqs, 0.0, contexts)
+        if num_seqs <= self.graph_tokens:
+            work = np.maximum(compute * self.graph_compute, memory)
+            return work + (self.graph_overhead + self.graph_seq_overhead * num_seqs) * jitters
+        work = np.maximum(compute, memory)
+        return work + (self.eager_overhead + self.seq_overhead * num_seqs) * jitters
+
+    def _roofline(
+        self, num_tokens: int, num_sampled: int, attn_pairs: float, decode_context: Any
+    ) -> tuple[Any, Any]:
+        """Compute and memory seconds (``decode_context`` may be an array of steps)."""
+        compute = (
+            self.flops_per_token * num_tokens + self.flops_per_sample * num_sampled
+        ) / self.flops_per_s + self.attn_flops_per_pair * (
+            attn_pairs + decode_context
+        ) / self.attn_flops_per_s
         moved = self.weight_bytes + self.kv_bytes_per_token * decode_context
-        overhead = self.graph_overhead if num_tokens <= self.graph_tokens else self.eager_overhead
-        return max(flops / self.flops_per_s, moved / self.bytes_per_s) + overhead
+        return compute, moved / self.bytes_per_s

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +17,15 @@ from sloguard.metrics_collector import build_result
 from sloguard.result import TrialResult
 from sloguard.slo_contract import SloContract
 from sloguard.workload import Workload
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+
+def step_noise(cfg: DictConfig) -> float:
+    """The step-time jitter sigma: ``backend.noise`` if set, else the hardware's measured one."""
+    noise = cfg.backend.noise
+    return float(cfg.hardware.step_noise if noise is None else noise)
 
 
 class SimBackend(BaseBackend):
@@ -65,8 +74,9 @@ class SimBackend(BaseBackend):
             workload,
             settings,
             StepTimeModel(model, hw, config),
-            make_jitter(rng, backend.noise),
+            make_jitter(rng, step_noise(self.cfg)),
             backend.timeout_s,
+            arrival_delay_s=hw.request_overhead_ms * 1e-3,
         )
         server.update(
             num_steps=run.num_steps,

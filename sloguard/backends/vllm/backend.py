@@ -34,13 +34,15 @@ from sloguard.metrics_collector import (
 from sloguard.workload import Workload
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from omegaconf import DictConfig
 
     from sloguard.result import TrialResult
     from sloguard.slo_contract import SloContract
 
 _BOOL_FLAGS = ("enforce_eager", "enable_chunked_prefill", "enable_prefix_caching")
-_WARMUP_PROMPT, _WARMUP_TOKENS = 16, 4
+_WARMUP_PROMPTS, _WARMUP_TOKENS = (16, 256), 4
 
 
 def knob_flags(knobs: dict[str, Any]) -> list[str]:
@@ -126,6 +128,21 @@ class VllmBackend(BaseBackend):
         seed: int,
         log_path: Path | None = None,
     ) -> TrialResult:
+        return self.evaluate_many(config, [workload], slo, seed=seed, log_path=log_path)[0]
+
+    def evaluate_many(
+        self,
+        config: dict[str, Any],
+        workloads: Sequence[Workload],
+        slo: SloContract,
+        *,
+        seed: int,
+        log_path: Path | None = None,
+    ) -> list[TrialResult]:
+        """One server launch serves every workload in turn (warm-up once, before the first).
+
+        Once one load fails, the later ones are not sent and share its crash.
+        """
         backend = self.cfg.backend
         if log_path is None:
             fd, name = tempfile.mkstemp(prefix="sloguard-vllm-", suffix=".log")
@@ -135,8 +152,7 @@ class VllmBackend(BaseBackend):
         env = {**os.environ, **{str(k): str(v) for k, v in backend.env.items()}}
         wall = time.perf_counter()
         facts: dict[str, float] = {}
-        metrics = ServerMetrics()
-        load: LoadResult | None = None
+        measured: list[tuple[LoadResult, ServerMetrics, float]] = []
         failure: str | None = None
         with terminate_raises():
             server = ServerProcess(
@@ -151,7 +167,9 @@ class VllmBackend(BaseBackend):
                 state = server.wait_ready(backend.startup_timeout_s)
                 facts["startup_s"] = time.perf_counter() - server.started
                 if state == "ready":
-                    load, failure = self._measure(server, port, workload, seed, metrics, facts)
+                    failure = self._measure(
+                        server, port, workloads, measured, facts, int(config["max_model_len"])
+                    )
                 else:
                     failure = state
             finally:
@@ -159,32 +177,38 @@ class VllmBackend(BaseBackend):
                 facts["teardown_s"] = server.stop(backend.shutdown_grace_s)
                 self.server = None
         facts.update(parse_startup_log(server.log_text()))
-        facts.update(metrics.summary())
-        facts["harness_overhead_s"] = (
-            time.perf_counter() - wall - facts["startup_s"] - facts.get("load_s", 0.0)
-        )
-        crash = self._crash(failure, server, exit_code, load)
-        result = build_result(
-            config,
-            slo,
-            load.records if load else (),
-            load.duration_s if load else 0.0,
-            crash=crash,
-            server={k: round(v, 4) for k, v in facts.items()},
-        )
-        result.server_log = str(log_path)
-        return result
+        load_s = sum(seconds for _, _, seconds in measured)
+        facts["harness_overhead_s"] = time.perf_counter() - wall - facts["startup_s"] - load_s
+        crash = self._crash(failure, server, exit_code, measured[-1][0] if measured else None)
+        results = []
+        for i in range(len(workloads)):
+            load, metrics, seconds = measured[i] if i < len(measured) else (None, None, 0.0)
+            server_facts = {**facts, **(metrics.summary() if metrics else {}), "load_s": seconds}
+            result = build_result(
+                config,
+                slo,
+                load.records if load else (),
+                load.duration_s if load else 0.0,
+                crash=crash if i >= len(measured) - 1 else None,
+                server={k: round(v, 4) for k, v in server_facts.items()},
+            )
+            result.server_log = str(log_path)
+            results.append(result)
+        return results
 
     def _measure(
         self,
         server: ServerProcess,
         port: int,
-        workload: Workload,
-        seed: int,
-        metrics: ServerMetrics,
+        workloads: Sequence[Workload],
+        measured: list[tuple[LoadResult, ServerMetrics, float]],
         facts: dict[str, float],
-    ) -> tuple[LoadResult | None, str | None]:
-        """Warm up, then the measurement window; returns the load and any failure seen."""
+        max_model_len: int,
+    ) -> str | None:
+        """Warm up, then each measurement window in turn; returns the first failure seen.
+
+        Appends (load, server metrics, seconds) to ``measured`` for every load that ran.
+        """
         backend = self.cfg.backend
         settings = LoadSettings(
             base_url=f"http://{backend.host}:{port}",
@@ -196,26 +220,27 @@ class VllmBackend(BaseBackend):
         )
         if backend.warmup_requests > 0:
             start = time.perf_counter()
-            warm = asyncio.run(generate(_warmup_workload(backend.warmup_requests), settings))
+            warmup = _warmup_workload(backend.warmup_requests, max_model_len)
+            warm = asyncio.run(generate(warmup, settings))
             facts["warmup_s"] = time.perf_counter() - start
             if warm.errors:
-                return None, _server_state(server) or "warmup_failed"
-        load = asyncio.run(self._load(settings, workload, metrics, facts))
-        state = _server_state(server)
-        if state:
-            return load, state
-        if load.timed_out:
-            return load, "load_timeout"
-        if any(e.startswith(HUNG_ERROR) for e in load.errors):
-            return load, "hung"
-        return load, None
+                return _server_state(server) or "warmup_failed"
+        for workload in workloads:
+            metrics = ServerMetrics()
+            start = time.perf_counter()
+            load = asyncio.run(self._load(settings, workload, metrics))
+            measured.append((load, metrics, time.perf_counter() - start))
+            state = _server_state(server)
+            if state:
+                return state
+            if load.timed_out:
+                return "load_timeout"
+            if any(e.startswith(HUNG_ERROR) for e in load.errors):
+                return "hung"
+        return None
 
     async def _load(
-        self,
-        settings: LoadSettings,
-        workload: Workload,
-        metrics: ServerMetrics,
-        facts: dict[str, float],
+        self, settings: LoadSettings, workload: Workload, metrics: ServerMetrics
     ) -> LoadResult:
         url = f"{settings.base_url}/metrics"
         interval = self.cfg.backend.metrics_interval_s
@@ -236,9 +261,7 @@ class VllmBackend(BaseBackend):
                         metrics.samples.append(sample)
 
             metrics.before = await scrape()
-            start = time.perf_counter()
             load = await generate(workload, settings, monitor=monitor)
-            facts["load_s"] = time.perf_counter() - start
             metrics.after = await scrape()
         return load
 
@@ -290,11 +313,18 @@ def _server_state(server: ServerProcess) -> str | None:
     return None if server.healthy() else "unhealthy"
 
 
-def _warmup_workload(n: int) -> Workload:
+def _warmup_workload(n: int, max_model_len: int) -> Workload:
+    """``n`` short requests all at once, prompts spread over a range of lengths.
+
+    Batches of several sizes run before the measurement, so first-use costs (kernel selection,
+    the CPU build's primitive caches, compiled-graph guards) fall in the warm-up.
+    """
+    low, high = _WARMUP_PROMPTS
+    high = max(min(high, max_model_len // 2), low)
     return Workload(
-        prompt_lens=np.full(n, _WARMUP_PROMPT),
+        prompt_lens=np.linspace(low, high, n).astype(np.int64),
         output_lens=np.full(n, _WARMUP_TOKENS),
         arrival_times=np.zeros(n),
-        concurrency=1,
+        concurrency=n,
         prefix_groups=np.full(n, -1),
     )

@@ -30,7 +30,7 @@ def _settings(**kw) -> EngineSettings:
 
 
 def _const(step: float = 0.01):
-    return lambda tokens, sampled, pairs, ctx: step
+    return lambda tokens, sampled, pairs, ctx, jitter: step
 
 
 def test_one_request_timed_by_hand() -> None:
@@ -107,12 +107,81 @@ def test_open_loop_and_the_concurrency_cap() -> None:
 def test_prefix_cache_skips_the_shared_prefix() -> None:
     wl = _workload([80, 80], [2, 2], due=[0.0, 1.0], groups=[0, 0], prefix=64)
     tokens = []
-    step = lambda t, s, p, c: tokens.append(t) or 0.01  # noqa: E731
+    step = lambda t, s, p, c, j: tokens.append(t) or 0.01  # noqa: E731
     run = run_engine(wl, _settings(enable_prefix_caching=True), step, np.ones(1), 60.0)
     assert tokens[0] == 80 and 16 in tokens  # second request computes only 80 - 64 tokens
     assert run.prefix_cache_hit_rate == pytest.approx(0.5)
 
 
+def test_the_frontend_delay_holds_each_request_back_from_the_scheduler() -> None:
+    run = run_engine(
+        _workload([8, 8], [2, 2], due=[0.0, 0.5]), _settings(), _const(), np.ones(1), 60.0,
+        arrival_delay_s=0.005,
+    )  # fmt: skip
+    a, b = run.records
+    assert a.send_time == 0.0 and b.send_time == 0.5
+    assert a.token_times.tolist() == pytest.approx([0.015, 0.025])  # scheduled at 0.005
+    assert b.token_times.tolist() == pytest.approx([0.515, 0.525])
+
+
 def test_timeout_fails_what_is_unfinished() -> None:
     run = run_engine(_workload([8], [1000]), _settings(), _const(), np.ones(1), 1.0)
     assert run.timed_out and run.records[0].error.startswith("timeout")
+
+
+@pytest.mark.parametrize(
+    ("settings", "concurrency", "rate", "delay"),
+    [
+        ({}, 4, 0.0, 0.0),  # closed loop: slots free only when requests finish
+        ({"max_num_seqs": 3, "num_blocks": 40}, 0, 50.0, 0.0),  # open loop, short of KV
+        ({"enable_chunked_prefill": False, "max_num_batched_tokens": 256}, 0, 20.0, 0.0),
+        ({"enable_prefix_caching": True}, 6, 30.0, 0.0),  # capped open loop
+        ({}, 4, 0.0, 0.02),  # frontend delay: closed loop
+        ({"max_num_seqs": 4}, 0, 40.0, 0.03),  # frontend delay: open loop
+    ],
+)
+def test_fast_decode_jumps_give_exactly_the_step_by_step_result(
+    compose, settings, concurrency, rate, delay
+) -> None:
+    from sloguard.backends.sim import StepTimeModel
+    from sloguard.backends.sim._engine import make_jitter
+
+    rng = np.random.default_rng(7)
+    n = 60
+    due = np.cumsum(rng.exponential(1 / rate, n)) if rate else None
+    wl = _workload(
+        rng.integers(20, 200, n), rng.integers(1, 120, n), due, concurrency,
+        groups=rng.integers(0, 3, n), prefix=32,
+    )  # fmt: skip
+    cfg = compose("model=qwen2-1.5b", "hardware=a100-40gb")
+    knobs = {"quantization": "fp16", "enforce_eager": False, "max_num_seqs": 8}
+    step = StepTimeModel(cfg.model, cfg.hardware, knobs)
+    jitter = make_jitter(np.random.default_rng(1), 0.05, size=97)
+    runs = [
+        run_engine(
+            wl, _settings(**settings), step, jitter, 600.0, arrival_delay_s=delay, fast_decode=fast
+        )
+        for fast in (True, False)
+    ]
+    fast, slow = runs
+    for a, b in zip(fast.records, slow.records, strict=True):
+        assert a.error == b.error and a.send_time == b.send_time
+        assert a.token_times.tolist() == b.token_times.tolist()  # the same floats, not approx
+    assert (fast.num_steps, fast.num_preemptions, fast.duration_s) == (
+        slow.num_steps, slow.num_preemptions, slow.duration_s
+    )  # fmt: skip
+    assert fast.peak_kv_usage == slow.peak_kv_usage
+    assert fast.prefix_cache_hit_rate == slow.prefix_cache_hit_rate
+
+
+def test_fast_decode_with_a_plain_step_function_and_a_timeout() -> None:
+    wl = _workload([8, 8], [500, 40], due=[0.0, 0.3])
+    runs = [
+        run_engine(wl, _settings(), _const(), np.ones(1), 2.0, fast_decode=fast)
+        for fast in (True, False)
+    ]
+    assert runs[0].timed_out and runs[1].timed_out
+    assert [r.token_times.tolist() for r in runs[0].records] == [
+        r.token_times.tolist() for r in runs[1].records
+    ]
+    assert runs[0].num_steps == runs[1].num_steps

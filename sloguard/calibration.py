@@ -1,0 +1,320 @@
+"""Calibration: fit the simulator's step-time coefficients to measurements of a real server.
+
+``sloguard calibrate`` serves a fixed set of probe loads on the configured real backend: short
+prompts decoded at rising concurrency (the per-step and per-sequence costs) and single long
+prompts (the per-token prefill cost), in eager mode and, where the hardware has it, graph mode.
+One server launch serves all probes of a mode. It then fits the hardware config's step-time
+coefficients so the simulator reproduces the measured medians (least squares on log error),
+fits the step-time noise to the measured tails, and writes a hardware config whose header says
+where its numbers came from. ``--measurements`` refits saved measurements without a server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import sys
+import textwrap
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from scipy.optimize import least_squares
+
+from sloguard.config import ConfigError, to_container
+from sloguard.workload import Workload
+
+# hardware coefficients the fit sets: (name, lower bound, upper bound)
+FITTED: tuple[tuple[str, float, float], ...] = (
+    ("eager_step_overhead_ms", 0.0, 1e3),
+    ("seq_overhead_ms", 0.0, 1e2),
+    ("compute_efficiency", 1e-5, 1.0),
+    ("attention_efficiency", 1e-2, 1e2),
+    ("request_overhead_ms", 0.0, 1e3),
+    ("graph_step_overhead_ms", 0.0, 1e3),  # graph-mode ones: fitted when graph probes ran
+    ("graph_compute_factor", 0.1, 2.0),
+    ("graph_seq_overhead_ms", 0.0, 1e2),
+)
+_GRAPH_ONLY = ("graph_step_overhead_ms", "graph_compute_factor", "graph_seq_overhead_ms")
+METRICS: tuple[str, ...] = (
+    "tpot_p50_ms",
+    "ttft_p50_ms",
+    "ttft_p99_ms",
+    "itl_p50_ms",
+    "itl_p99_ms",
+    "output_throughput_tok_s",
+)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One calibration load: identical requests from a closed loop of ``concurrency`` clients.
+
+    Args:
+        name: Short label (``decode-c8``, ``prefill-1024``, with an ``-eager`` suffix).
+        eager: Served by the eager-mode launch (else the graph-mode one).
+        prompt_len: Prompt tokens per request.
+        output_len: Output tokens per request.
+        concurrency: Requests in flight.
+        num_requests: Requests served.
+    """
+
+    name: str
+    eager: bool
+    prompt_len: int
+    output_len: int
+    concurrency: int
+    num_requests: int
+
+    def workload(self) -> Workload:
+        n = self.num_requests
+        return Workload(
+            prompt_lens=np.full(n, self.prompt_len),
+            output_lens=np.full(n, self.output_len),
+            arrival_times=np.zeros(n),
+            concurrency=self.concurrency,
+            prefix_groups=np.full(n, -1),
+        )
+
+    @property
+    def kind(self) -> str:
+        return "decode" if self.output_len > 2 else "prefill"
+
+
+def design_probes(cfg: DictConfig) -> list[Probe]:
+    """The probe set for a config: sized from its space (largest batch and context)."""
+    max_seqs = min(int(cfg.space.max_num_seqs.high), 256)
+    max_len = min(int(cfg.space.max_model_len.high), int(cfg.model.max_position_embeddings))
+    modes = [True, False] if cfg.hardware.supports_cudagraphs else [True]
+    probes = []
+    for eager in modes:
+        suffix = "-eager" if eager else "-graph"
+        for c in sorted({1, 4, max(max_seqs // 4, 1), max_seqs}):
+            probes.append(Probe(f"decode-c{c}{suffix}", eager, 32, 96, c, max(3 * c, 6)))
+        for length in sorted({max_len // 8, max_len // 2, max_len * 7 // 8}):
+            probes.append(Probe(f"prefill-{length}{suffix}", eager, length, 2, 1, 6))
+    return probes
+
+
+def probe_knobs(cfg: DictConfig, eager: bool) -> dict[str, Any]:
+    """Knobs the probes run under: the space's largest batch and context, a whole-prompt budget."""
+    space = cfg.space
+    max_len = min(int(space.max_model_len.high), int(cfg.model.max_position_embeddings))
+    return {
+        "quantization": space.quantization.default,
+        "max_num_seqs": min(int(space.max_num_seqs.high), 256),
+        "max_num_batched_tokens": max(max_len, int(space.max_num_batched_tokens.low)),
+        "gpu_memory_utilization": float(space.gpu_memory_utilization.high),
+        "max_model_len": max_len,
+        "enforce_eager": eager,
+        "enable_chunked_prefill": True,
+        "enable_prefix_caching": False,
+    }
+
+
+def measure(cfg: DictConfig, probes: Sequence[Probe], log_dir: Path | None = None) -> list[dict]:
+    """Serve every probe on the configured real backend; one launch per mode.
+
+    Each probe's load runs twice and the second is kept: the first use of a batch shape costs
+    extra on a fresh server (kernel selection, caches), which is not the steady state.
+
+    Raises:
+        RuntimeError: A probe crashed (the message names it and the crash's evidence).
+    """
+    from sloguard.backends import create_backend
+    from sloguard.experiment_runner import slo_from_config
+
+    backend = create_backend(cfg)
+    slo = slo_from_config(cfg)
+    measured: list[dict] = []
+    for eager in sorted({p.eager for p in probes}, reverse=True):
+        group = [p for p in probes if p.eager == eager]
+        log = log_dir / f"calibrate-{'eager' if eager else 'graph'}.log" if log_dir else None
+        knobs = probe_knobs(cfg, eager)
+        loads = [p.workload() for p in group for _ in range(2)]
+        results = backend.evaluate_many(knobs, loads, slo, seed=0, log_path=log)
+        for probe, result in zip(group, results[1::2], strict=True):
+            if result.crash is not None:
+                raise RuntimeError(f"probe {probe.name} crashed: {result.crash.evidence}")
+            measured.append({k: result.metrics[k] for k in METRICS})
+    by_name = {p.name: m for p, m in zip(_mode_order(probes), measured, strict=True)}
+    return [by_name[p.name] for p in probes]
+
+
+def _mode_order(probes: Sequence[Probe]) -> list[Probe]:
+    return [p for e in (True, False) for p in probes if p.eager == e]
+
+
+def predict(
+    cfg: DictConfig, probes: Sequence[Probe], hardware: dict[str, Any], noise: float = 0.0
+) -> list[dict[str, float]]:
+    """The simulator's metrics for each probe with ``hardware`` coefficients overriding."""
+    from sloguard.backends.sim import SimBackend
+    from sloguard.experiment_runner import slo_from_config
+
+    sim_cfg = OmegaConf.merge(
+        cfg, {"hardware": hardware, "backend": {"name": "sim", "noise": float(noise)}}
+    )
+    backend = SimBackend(sim_cfg)
+    slo = slo_from_config(cfg)
+    out = []
+    for probe in probes:
+        result = backend.evaluate(probe_knobs(cfg, probe.eager), probe.workload(), slo, seed=0)
+        out.append({k: result.metrics.get(k, math.nan) for k in METRICS})
+    return out
+
+
+@dataclass
+class Calibration:
+    """Fitted coefficients, the fitted noise, and the per-probe log errors left."""
+
+    hardware: dict[str, float]
+    noise: float
+    residuals: dict[str, dict[str, float]]
+
+    @property
+    def median_error(self) -> float:
+        errors = [abs(math.expm1(v)) for r in self.residuals.values() for v in r.values()]
+        return float(np.median(errors)) if errors else math.nan
+
+
+# what each probe kind pins down, with the weight of its log error in the fit: decode probes
+# the per-step and per-sequence costs (TPOT, throughput), prefill probes the per-token cost
+# (TTFT); tails, noisier, count a quarter and set the step-time noise
+_TARGETS: dict[str, dict[str, float]] = {
+    "decode": {
+        "tpot_p50_ms": 1.0,  # not ITL p50: a busy API server merges tokens into one chunk
+        "ttft_p50_ms": 1.0,
+        "output_throughput_tok_s": 1.0,
+        "itl_p99_ms": 0.25,
+    },
+    "prefill": {"ttft_p50_ms": 1.0, "ttft_p99_ms": 0.25},
+}
+
+
+def log_errors(
+    probes: Sequence[Probe], measured: Sequence[dict], predicted: Sequence[dict]
+) -> dict[str, dict[str, float]]:
+    """log(sim / real) of each probe's target metrics."""
+    errors: dict[str, dict[str, float]] = {}
+    for probe, real, sim in zip(probes, measured, predicted, strict=True):
+        errors[probe.name] = {
+            k: math.log(max(sim[k], 1e-9) / real[k])
+            for k in _TARGETS[probe.kind]
+            if real.get(k, 0) > 0 and not math.isnan(sim[k])
+        }
+    return errors
+
+
+def fit(cfg: DictConfig, probes: Sequence[Probe], measured: Sequence[dict]) -> Calibration:
+    """Fit step-time coefficients and the step-time noise to the measurements (log least squares).
+
+    Graph-mode coefficients are fitted only when graph-mode probes were measured.
+    """
+    graphs = any(not p.eager for p in probes)
+    names = [name for name, _, _ in FITTED if graphs or name not in _GRAPH_ONLY]
+    bounds = {name: (lo, hi) for name, lo, hi in FITTED}
+    base = to_container(cfg.hardware)
+    x0 = [min(max(float(base[n] or 0.0), bounds[n][0]), bounds[n][1]) for n in names]
+    x0.append(0.1)  # step noise
+    weights = [[w for k, w in _TARGETS[p.kind].items() if m.get(k, 0) > 0] for p, m in zip(
+        probes, measured, strict=True
+    )]  # fmt: skip
+    flat_weights = np.sqrt([w for ws in weights for w in ws])
+
+    def split(x: np.ndarray) -> tuple[dict[str, float], float]:
+        return dict(zip(names, (float(v) for v in x[:-1]), strict=True)), float(x[-1])
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        hardware, noise = split(x)
+        errors = log_errors(probes, measured, predict(cfg, probes, hardware, noise))
+        return flat_weights * np.array([v for r in errors.values() for v in r.values()])
+
+    solution = least_squares(
+        residuals,
+        np.array(x0),
+        bounds=([bounds[n][0] for n in names] + [0.0], [bounds[n][1] for n in names] + [0.8]),
+        x_scale=np.maximum(np.abs(x0), 1e-3),
+        diff_step=1e-3,
+    )
+    hardware, noise = split(solution.x)
+    report = log_errors(probes, measured, predict(cfg, probes, hardware, noise))
+    return Calibration(hardware, noise, report)
+
+
+def hardware_yaml(cfg: DictConfig, calibration: Calibration, source: str) -> str:
+    """The calibrated hardware config as YAML, with a header stating its source."""
+    values = {**to_container(cfg.hardware), **calibration.hardware}
+    values["step_noise"] = calibration.noise
+    rounded = {k: _round(v) for k, v in values.items()}
+    text = (
+        f"{cfg.hardware.name}: step-time coefficients calibrated by `sloguard calibrate` on "
+        f"{datetime.date.today().isoformat()} against {cfg.backend.name} serving "
+        f"{cfg.model.name} ({source}); median relative error of the probes' medians and tails "
+        f"{100 * calibration.median_error:.1f}%. Fitted: "
+        f"{', '.join([*calibration.hardware, 'step_noise'])}; the rest as in the base config."
+    )
+    header = "".join(f"# {line}\n" for line in textwrap.wrap(text, 97))
+    return header + OmegaConf.to_yaml(OmegaConf.create(rounded))
+
+
+def _round(value: Any) -> Any:
+    return float(f"{value:.4g}") if isinstance(value, float) else value
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``sloguard calibrate [overrides] --out FILE [--measurements FILE]``."""
+    from sloguard.backends import backend_class
+    from sloguard.tune import compose_config
+
+    parser = argparse.ArgumentParser(
+        prog="sloguard calibrate",
+        description="Measure probe loads on a real vLLM server and fit the simulator's "
+        "step-time coefficients for its hardware.",
+    )
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides (backend=vllm-cpu ...)")
+    parser.add_argument("--out", required=True, help="hardware YAML to write")
+    parser.add_argument(
+        "--measurements",
+        help="JSON of probes and measurements: read it if it exists (no server), else save to it",
+    )
+    args = parser.parse_args(argv)
+    try:
+        cfg = compose_config(args.overrides)
+        saved = Path(args.measurements) if args.measurements else None
+        if saved is not None and saved.exists():
+            data = json.loads(saved.read_text())
+            probes = [Probe(**p) for p in data["probes"]]
+            measured = data["measured"]
+        else:
+            if cfg.backend.name == "sim":
+                raise ConfigError(
+                    "backend=sim cannot be calibrated against itself; choose backend=vllm or "
+                    "backend=vllm-cpu (or pass --measurements FILE of saved ones)"
+                )
+            backend_class(cfg.backend.name).preflight(cfg)
+            probes = design_probes(cfg)
+            measured = measure(cfg, probes)
+            if saved is not None:
+                saved.parent.mkdir(parents=True, exist_ok=True)
+                payload = {"probes": [asdict(p) for p in probes], "measured": measured}
+                saved.write_text(json.dumps(payload, indent=1))
+    except (ConfigError, RuntimeError) as e:
+        print(f"sloguard: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    calibration = fit(cfg, probes, measured)
+    source = f"{len(probes)} probes" + (f" in {args.measurements}" if args.measurements else "")
+    Path(args.out).write_text(hardware_yaml(cfg, calibration, source))
+    for name, errors in calibration.residuals.items():
+        shown = "  ".join(f"{k} {100 * math.expm1(v):+6.1f}%" for k, v in errors.items())
+        print(f"{name:22s} {shown}")
+    fitted = ", ".join(f"{k}={_round(v)}" for k, v in calibration.hardware.items())
+    print(
+        f"wrote {args.out}: {fitted}, step_noise={calibration.noise:.3g}; "
+        f"median error {100 * calibration.median_error:.1f}%"
+    )

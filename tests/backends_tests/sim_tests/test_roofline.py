@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+
+from sloguard.backends.sim import StepTimeModel
+
+KNOBS = {"quantization": "fp16", "max_num_seqs": 8, "enforce_eager": False}
+
+
+def _model(compose, *overrides: str, **knobs) -> StepTimeModel:
+    cfg = compose("model=qwen2-1.5b", "hardware=a100-40gb", *overrides)
+    return StepTimeModel(cfg.model, cfg.hardware, {**KNOBS, **knobs})
+
+
+@pytest.mark.parametrize("eager", [True, False])
+def test_vectorised_decode_is_the_scalar_model_float_for_float(compose, eager) -> None:
+    model = _model(compose, "hardware.seq_overhead_ms=0.05", enforce_eager=eager)
+    contexts = np.arange(100, 5000, 37)
+    jitters = np.random.default_rng(0).lognormal(0, 0.3, len(contexts))
+    expected = [model(6, 6, 0.0, int(c), float(j)) for c, j in zip(contexts, jitters, strict=True)]
+    assert model.decode(6, contexts, jitters).tolist() == expected
+
+
+def test_noise_scales_the_overheads_not_the_kernels(compose) -> None:
+    model = _model(compose, "hardware.seq_overhead_ms=0.1")
+    quiet = model(2048, 4, 2e6, 0, 1.0)
+    overhead = model.eager_overhead + 4 * model.seq_overhead  # 2048 tokens: past the graphs
+    assert model(2048, 4, 2e6, 0, 3.0) == pytest.approx(quiet + 2 * overhead)
+
+
+def test_per_sequence_cost_and_graph_mode_settings(compose) -> None:
+    base = _model(compose)
+    costly = _model(compose, "hardware.seq_overhead_ms=0.5")
+    assert costly(8, 8, 0.0, 4000) - base(8, 8, 0.0, 4000) == pytest.approx(8 * 0.5e-3)
+    split = _model(compose, "hardware.seq_overhead_ms=0.5", "hardware.graph_seq_overhead_ms=0.1")
+    assert split(8, 8, 0.0, 4000) - base(8, 8, 0.0, 4000) == pytest.approx(8 * 0.1e-3)
+    # captured graphs cover batches up to 2 x max_num_seqs; the CPU build's compiled graphs all
+    assert base.graph_tokens == 16
+    dynamic = _model(compose, "hardware.graphs_dynamic=true")
+    assert dynamic.graph_tokens == 512
+    faster = _model(compose, "hardware.graphs_dynamic=true", "hardware.graph_compute_factor=0.5")
+    assert faster(512, 1, 0.0, 0) < 0.75 * dynamic(512, 1, 0.0, 0)  # compute-bound, graphed
+    assert faster(4096, 1, 0.0, 0) == dynamic(4096, 1, 0.0, 0)  # beyond the graphs: unchanged
+
+
+def test_attention_efficiency_prices_long_contexts(compose) -> None:
+    base = _model(compose)
+    slow_attention = _model(compose, "hardware.attention_efficiency=0.25")
+    short = (512, 1, 512 * 256.0, 0)
+    long = (512, 1, 512 * 8000.0, 0)
+    assert slow_attention(*long) / base(*long) > slow_attention(*short) / base(*short) > 1.0
