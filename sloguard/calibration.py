@@ -131,7 +131,7 @@ def measure(cfg: DictConfig, probes: Sequence[Probe], log_dir: Path | None = Non
 
     backend = create_backend(cfg)
     slo = slo_from_config(cfg)
-    measured: list[dict] = []
+    measured: dict[str, dict] = {}
     for eager in sorted({p.eager for p in probes}, reverse=True):
         group = [p for p in probes if p.eager == eager]
         log = log_dir / f"calibrate-{'eager' if eager else 'graph'}.log" if log_dir else None
@@ -141,13 +141,8 @@ def measure(cfg: DictConfig, probes: Sequence[Probe], log_dir: Path | None = Non
         for probe, result in zip(group, results[1::2], strict=True):
             if result.crash is not None:
                 raise RuntimeError(f"probe {probe.name} crashed: {result.crash.evidence}")
-            measured.append({k: result.metrics[k] for k in METRICS})
-    by_name = {p.name: m for p, m in zip(_mode_order(probes), measured, strict=True)}
-    return [by_name[p.name] for p in probes]
-
-
-def _mode_order(probes: Sequence[Probe]) -> list[Probe]:
-    return [p for e in (True, False) for p in probes if p.eager == e]
+            measured[probe.name] = {k: result.metrics[k] for k in METRICS}
+    return [measured[p.name] for p in probes]
 
 
 def predict(
