@@ -97,20 +97,9 @@ def _compose(*overrides: str):
     )
 
 
-def _workload(arrivals: np.ndarray, prompt: int, output: int, concurrency: int) -> Workload:
-    n = len(arrivals)
-    return Workload(
-        prompt_lens=np.full(n, prompt),
-        output_lens=np.full(n, output),
-        arrival_times=arrivals,
-        concurrency=concurrency,
-        prefix_groups=np.full(n, -1),
-    )
-
-
 def _poisson_workload(n: int, rate: float, prompt: int, output: int, seed: int) -> Workload:
     rng = np.random.default_rng(seed)
-    return _workload(arrival_times("poisson", n, rate, 1.0, rng), prompt, output, 0)
+    return Workload.plain(prompt, output, arrival_times("poisson", n, rate, 1.0, rng), 0)
 
 
 def _bench_schedule(n: int, rate: float, seed: int) -> np.ndarray:
@@ -190,7 +179,7 @@ def _compare(url: str, args: argparse.Namespace, concurrency: int) -> None:
     rows: dict[str, list[dict]] = {"sloguard": [], "vllm bench": []}
     for rep in range(args.repeats):  # alternate who goes first: A B, B A, ...
         arrivals = np.zeros(n) if concurrency else _bench_schedule(n, rate, seed=rep)
-        workload = _workload(arrivals, prompt, output, concurrency)
+        workload = Workload.plain(prompt, output, arrivals, concurrency)
         order = ["sloguard", "vllm bench"] if rep % 2 == 0 else ["vllm bench", "sloguard"]
         for who in order:
             result = _ours(url, workload) if who == "sloguard" else _theirs(url, workload)

@@ -72,24 +72,23 @@ class Probe:
     num_requests: int
 
     def workload(self) -> Workload:
-        n = self.num_requests
-        return Workload(
-            prompt_lens=np.full(n, self.prompt_len),
-            output_lens=np.full(n, self.output_len),
-            arrival_times=np.zeros(n),
-            concurrency=self.concurrency,
-            prefix_groups=np.full(n, -1),
-        )
+        zeros = np.zeros(self.num_requests)  # a closed loop: all due at once, capped
+        return Workload.plain(self.prompt_len, self.output_len, zeros, self.concurrency)
 
     @property
     def kind(self) -> str:
         return "decode" if self.output_len > 2 else "prefill"
 
 
+def _limits(cfg: DictConfig) -> tuple[int, int]:
+    """The largest batch (capped at 256) and context the space allows the model."""
+    max_len = min(int(cfg.space.max_model_len.high), int(cfg.model.max_position_embeddings))
+    return min(int(cfg.space.max_num_seqs.high), 256), max_len
+
+
 def design_probes(cfg: DictConfig) -> list[Probe]:
     """The probe set for a config: sized from its space (largest batch and context)."""
-    max_seqs = min(int(cfg.space.max_num_seqs.high), 256)
-    max_len = min(int(cfg.space.max_model_len.high), int(cfg.model.max_position_embeddings))
+    max_seqs, max_len = _limits(cfg)
     modes = [True, False] if cfg.hardware.supports_cudagraphs else [True]
     probes = []
     for eager in modes:
@@ -104,10 +103,10 @@ def design_probes(cfg: DictConfig) -> list[Probe]:
 def probe_knobs(cfg: DictConfig, eager: bool) -> dict[str, Any]:
     """Knobs the probes run under: the space's largest batch and context, a whole-prompt budget."""
     space = cfg.space
-    max_len = min(int(space.max_model_len.high), int(cfg.model.max_position_embeddings))
+    max_seqs, max_len = _limits(cfg)
     return {
         "quantization": space.quantization.default,
-        "max_num_seqs": min(int(space.max_num_seqs.high), 256),
+        "max_num_seqs": max_seqs,
         "max_num_batched_tokens": max(max_len, int(space.max_num_batched_tokens.low)),
         "gpu_memory_utilization": float(space.gpu_memory_utilization.high),
         "max_model_len": max_len,
@@ -217,10 +216,6 @@ def fit(cfg: DictConfig, probes: Sequence[Probe], measured: Sequence[dict]) -> C
     base = to_container(cfg.hardware)
     x0 = [min(max(float(base[n] or 0.0), bounds[n][0]), bounds[n][1]) for n in names]
     x0.append(0.1)  # step noise
-    weights = [[w for k, w in _TARGETS[p.kind].items() if m.get(k, 0) > 0] for p, m in zip(
-        probes, measured, strict=True
-    )]  # fmt: skip
-    flat_weights = np.sqrt([w for ws in weights for w in ws])
 
     def split(x: np.ndarray) -> tuple[dict[str, float], float]:
         return dict(zip(names, (float(v) for v in x[:-1]), strict=True)), float(x[-1])
@@ -228,7 +223,9 @@ def fit(cfg: DictConfig, probes: Sequence[Probe], measured: Sequence[dict]) -> C
     def residuals(x: np.ndarray) -> np.ndarray:
         hardware, noise = split(x)
         errors = log_errors(probes, measured, predict(cfg, probes, hardware, noise))
-        return flat_weights * np.array([v for r in errors.values() for v in r.values()])
+        return np.array(
+            [math.sqrt(_TARGETS[p.kind][k]) * v for p in probes for k, v in errors[p.name].items()]
+        )
 
     solution = least_squares(
         residuals,

@@ -310,15 +310,14 @@ def validate(cfg: DictConfig) -> None:
 
 def _check_trace(workload: DictConfig) -> None:
     """A trace workload needs a readable CSV with known columns and enough requests."""
-    from sloguard.workload import read_trace, trace_columns
+    from sloguard.workload import read_trace
 
     _check_positive("workload.trace_time_scale", workload.trace_time_scale)
     path = workload.trace_path
     if not path:
         raise ConfigError("workload.trace_path is required for workload.arrival=trace")
     try:
-        trace_columns(path)
-        arrivals, _, _ = read_trace(path, workload.trace_start_s)
+        arrivals, _, _ = read_trace(path, workload.trace_start_s)  # checks the columns too
     except FileNotFoundError:
         raise ConfigError(f"workload.trace_path={path!r} does not exist") from None
     except (ValueError, OSError) as e:

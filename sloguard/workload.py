@@ -51,6 +51,24 @@ class Workload:
     def __len__(self) -> int:
         return len(self.prompt_lens)
 
+    @classmethod
+    def plain(
+        cls,
+        prompt_lens: int | np.ndarray,
+        output_lens: int | np.ndarray,
+        arrival_times: np.ndarray,
+        concurrency: int,
+    ) -> Workload:
+        """Requests without shared prefixes, one per arrival; a length may be one int for all."""
+        n = len(arrival_times)
+        return cls(
+            prompt_lens=np.broadcast_to(prompt_lens, n).astype(np.int64),
+            output_lens=np.broadcast_to(output_lens, n).astype(np.int64),
+            arrival_times=np.asarray(arrival_times, dtype=float),
+            concurrency=concurrency,
+            prefix_groups=np.full(n, -1),
+        )
+
 
 def sample_lengths(cfg: DictConfig, n: int, rng: np.random.Generator) -> np.ndarray:
     """Draw ``n`` token lengths from a ``LengthConfig`` and clip them to ``[low, high]``."""

@@ -6,7 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from sloguard.backends.sim import SimBackend
-from sloguard.calibration import Probe, design_probes, fit, measure, predict
+from sloguard.calibration import Probe, design_probes, fit, measure, predict, probe_knobs
 from sloguard.config import HardwareConfig
 from sloguard.slo_contract import SloContract
 from tests.backends_tests.vllm_tests.conftest import TINY_MODEL, vllm_python  # noqa: F401
@@ -73,16 +73,10 @@ def test_calibrate_refits_saved_measurements_into_a_hardware_config(
     sim_cfg = OmegaConf.merge(cfg, {"hardware": fitted})
     probe = probes[3]
     result = SimBackend(sim_cfg).evaluate(
-        {**_probe_knobs(cfg, probe)}, probe.workload(), SloContract(), seed=0
+        probe_knobs(cfg, probe.eager), probe.workload(), SloContract(), seed=0
     )
     real = payload["measured"][3]["tpot_p50_ms"]
     assert result.metrics["tpot_p50_ms"] == pytest.approx(real, rel=0.1)
-
-
-def _probe_knobs(cfg, probe: Probe) -> dict:
-    from sloguard.calibration import probe_knobs
-
-    return probe_knobs(cfg, probe.eager)
 
 
 def test_calibrate_against_the_sim_is_one_clear_error(study_env, tmp_path: Path) -> None:

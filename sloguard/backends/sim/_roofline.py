@@ -11,6 +11,7 @@ scales the overheads, not the kernels: host-side work is what varies from step t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -79,33 +80,33 @@ class StepTimeModel:
             decode_context: Summed context length of the decoding sequences.
             jitter: Noise factor on the step's overheads (host-side work is what varies).
         """
-        compute, memory = self._roofline(num_tokens, num_sampled, attn_pairs, decode_context)
-        if num_tokens <= self.graph_tokens:
-            work = max(compute * self.graph_compute, memory)
-            return work + (self.graph_overhead + self.graph_seq_overhead * num_sampled) * jitter
-        work = max(compute, memory)
-        return work + (self.eager_overhead + self.seq_overhead * num_sampled) * jitter
+        return self._seconds(num_tokens, num_sampled, attn_pairs, decode_context, jitter, max)
 
     def decode(self, num_seqs: int, contexts: np.ndarray, jitters: np.ndarray) -> np.ndarray:
         """Times of consecutive pure-decode steps of ``num_seqs`` sequences, one per context.
 
         Equal, element for element, to calling the model with ``(num_seqs, num_seqs, 0.0, c, j)``.
         """
-        compute, memory = self._roofline(num_seqs, num_seqs, 0.0, contexts)
-        if num_seqs <= self.graph_tokens:
-            work = np.maximum(compute * self.graph_compute, memory)
-            return work + (self.graph_overhead + self.graph_seq_overhead * num_seqs) * jitters
-        work = np.maximum(compute, memory)
-        return work + (self.eager_overhead + self.seq_overhead * num_seqs) * jitters
+        return self._seconds(num_seqs, num_seqs, 0.0, contexts, jitters, np.maximum)
 
-    def _roofline(
-        self, num_tokens: int, num_sampled: int, attn_pairs: float, decode_context: Any
-    ) -> tuple[Any, Any]:
-        """Compute and memory seconds (``decode_context`` may be an array of steps)."""
+    def _seconds(
+        self,
+        num_tokens: int,
+        num_sampled: int,
+        attn_pairs: float,
+        decode_context: Any,
+        jitter: Any,
+        maximum: Callable[[Any, Any], Any],
+    ) -> Any:
+        """The step-time formula: one step (floats, ``max``) or many (arrays, ``np.maximum``)."""
         compute = (
             self.flops_per_token * num_tokens + self.flops_per_sample * num_sampled
         ) / self.flops_per_s + self.attn_flops_per_pair * (
             attn_pairs + decode_context
         ) / self.attn_flops_per_s
-        moved = self.weight_bytes + self.kv_bytes_per_token * decode_context
-        return compute, moved / self.bytes_per_s
+        memory = (self.weight_bytes + self.kv_bytes_per_token * decode_context) / self.bytes_per_s
+        if num_tokens <= self.graph_tokens:
+            work = maximum(compute * self.graph_compute, memory)
+            return work + (self.graph_overhead + self.graph_seq_overhead * num_sampled) * jitter
+        work = maximum(compute, memory)
+        return work + (self.eager_overhead + self.seq_overhead * num_sampled) * jitter

@@ -321,10 +321,4 @@ def _warmup_workload(n: int, max_model_len: int) -> Workload:
     """
     low, high = _WARMUP_PROMPTS
     high = max(min(high, max_model_len // 2), low)
-    return Workload(
-        prompt_lens=np.linspace(low, high, n).astype(np.int64),
-        output_lens=np.full(n, _WARMUP_TOKENS),
-        arrival_times=np.zeros(n),
-        concurrency=n,
-        prefix_groups=np.full(n, -1),
-    )
+    return Workload.plain(np.linspace(low, high, n), _WARMUP_TOKENS, np.zeros(n), n)
