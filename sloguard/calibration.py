@@ -1,17 +1,20 @@
 """Calibration: fit the simulator's step-time coefficients to measurements of a real server.
 
 ``sloguard calibrate`` serves a fixed set of probe loads on the configured real backend: short
-prompts decoded at rising concurrency (the per-step and per-sequence costs) and single long
-prompts (the per-token prefill cost), in eager mode and, where the hardware has it, graph mode.
-One server launch serves all probes of a mode. It then fits the hardware config's step-time
-coefficients so the simulator reproduces the measured medians (least squares on log error),
-fits the step-time noise to the measured tails, and writes a hardware config whose header says
-where its numbers came from. ``--measurements`` refits saved measurements without a server.
+prompts decoded at rising concurrency (the per-step and per-sequence costs), single long prompts
+(the per-token prefill cost), and open-loop Poisson loads at 30% and 70% of the request rate the
+widest decode probe sustained (the frontend's delay as streams multiply), in eager mode and,
+where the hardware has it, graph mode. One server launch serves all probes of a mode. It then
+fits the hardware config's step-time coefficients so the simulator reproduces the measured
+medians (least squares on log error), fits the step-time noise to the measured tails, and writes
+a hardware config whose header says where its numbers came from. ``--measurements`` refits saved
+measurements without a server.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import math
@@ -27,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from scipy.optimize import least_squares
 
 from sloguard.config import ConfigError, to_container
-from sloguard.workload import Workload
+from sloguard.workload import Workload, arrival_times
 
 # hardware coefficients the fit sets: (name, lower bound, upper bound)
 FITTED: tuple[tuple[str, float, float], ...] = (
@@ -36,11 +39,14 @@ FITTED: tuple[tuple[str, float, float], ...] = (
     ("compute_efficiency", 1e-5, 1.0),
     ("attention_efficiency", 1e-2, 1e2),
     ("request_overhead_ms", 0.0, 1e3),
+    ("stream_overhead_ms", 0.0, 1e2),  # fitted when load probes ran
     ("graph_step_overhead_ms", 0.0, 1e3),  # graph-mode ones: fitted when graph probes ran
     ("graph_compute_factor", 0.1, 2.0),
     ("graph_seq_overhead_ms", 0.0, 1e2),
 )
 _GRAPH_ONLY = ("graph_step_overhead_ms", "graph_compute_factor", "graph_seq_overhead_ms")
+_LOAD_ONLY = ("stream_overhead_ms",)
+LOAD_SHARES: tuple[float, ...] = (0.3, 0.7)
 METRICS: tuple[str, ...] = (
     "tpot_p50_ms",
     "ttft_p50_ms",
@@ -53,15 +59,18 @@ METRICS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class Probe:
-    """One calibration load: identical requests from a closed loop of ``concurrency`` clients.
+    """One calibration load of identical requests: a closed loop, or Poisson arrivals.
 
     Args:
-        name: Short label (``decode-c8``, ``prefill-1024``, with an ``-eager`` suffix).
+        name: Short label (``decode-c8``, ``prefill-1024``, ``load-30``, with a mode suffix).
         eager: Served by the eager-mode launch (else the graph-mode one).
         prompt_len: Prompt tokens per request.
         output_len: Output tokens per request.
-        concurrency: Requests in flight.
+        concurrency: Requests in flight (closed loop; 0 for a load probe).
         num_requests: Requests served.
+        load_share: A load probe's rate as a share of the request rate the widest decode probe
+            of its mode sustained (0 for a closed-loop probe).
+        rate: A load probe's Poisson rate in req/s, once resolved from the measurements.
     """
 
     name: str
@@ -70,13 +79,22 @@ class Probe:
     output_len: int
     concurrency: int
     num_requests: int
+    load_share: float = 0.0
+    rate: float = 0.0
 
     def workload(self) -> Workload:
-        zeros = np.zeros(self.num_requests)  # a closed loop: all due at once, capped
-        return Workload.plain(self.prompt_len, self.output_len, zeros, self.concurrency)
+        if not self.load_share:  # a closed loop: all due at once, capped
+            zeros = np.zeros(self.num_requests)
+            return Workload.plain(self.prompt_len, self.output_len, zeros, self.concurrency)
+        if self.rate <= 0:
+            raise ValueError(f"load probe {self.name} has no rate yet (see resolve_load_rates)")
+        due = arrival_times("poisson", self.num_requests, self.rate, 1.0, np.random.default_rng(0))
+        return Workload.plain(self.prompt_len, self.output_len, due, 0)
 
     @property
     def kind(self) -> str:
+        if self.load_share:
+            return "load"
         return "decode" if self.output_len > 2 else "prefill"
 
 
@@ -97,7 +115,33 @@ def design_probes(cfg: DictConfig) -> list[Probe]:
             probes.append(Probe(f"decode-c{c}{suffix}", eager, 32, 96, c, max(3 * c, 6)))
         for length in sorted({max_len // 8, max_len // 2, max_len * 7 // 8}):
             probes.append(Probe(f"prefill-{length}{suffix}", eager, length, 2, 1, 6))
+        for share in LOAD_SHARES:
+            n = max(2 * max_seqs, 24)
+            probes.append(Probe(f"load-{100 * share:.0f}{suffix}", eager, 32, 96, 0, n, share))
     return probes
+
+
+def resolve_load_rates(probes: Sequence[Probe], measured: dict[str, dict]) -> list[Probe]:
+    """Set each load probe's rate from its mode's widest decode probe's measured throughput.
+
+    Args:
+        probes: The probe set.
+        measured: Measurements by probe name; the widest decode probes' are needed.
+
+    Raises:
+        ValueError: A mode has load probes but no decode probe.
+    """
+    out = []
+    for probe in probes:
+        if probe.kind == "load":
+            decode = [p for p in probes if p.kind == "decode" and p.eager == probe.eager]
+            if not decode:
+                raise ValueError(f"load probe {probe.name} needs a decode probe in its mode")
+            widest = max(decode, key=lambda p: p.concurrency)
+            sustained = measured[widest.name]["output_throughput_tok_s"] / widest.output_len
+            probe = dataclasses.replace(probe, rate=probe.load_share * sustained)
+        out.append(probe)
+    return out
 
 
 def probe_knobs(cfg: DictConfig, eager: bool) -> dict[str, Any]:
@@ -116,11 +160,17 @@ def probe_knobs(cfg: DictConfig, eager: bool) -> dict[str, Any]:
     }
 
 
-def measure(cfg: DictConfig, probes: Sequence[Probe], log_dir: Path | None = None) -> list[dict]:
+def measure(
+    cfg: DictConfig, probes: Sequence[Probe], log_dir: Path | None = None
+) -> tuple[list[Probe], list[dict]]:
     """Serve every probe on the configured real backend; one launch per mode.
 
     Each probe's load runs twice and the second is kept: the first use of a batch shape costs
-    extra on a fresh server (kernel selection, caches), which is not the steady state.
+    extra on a fresh server (kernel selection, caches), which is not the steady state. Load
+    probes run last, at rates set from what the closed-loop ones measured.
+
+    Returns:
+        The probes with load rates resolved, and their measurements in the same order.
 
     Raises:
         RuntimeError: A probe crashed (the message names it and the crash's evidence).
@@ -131,17 +181,30 @@ def measure(cfg: DictConfig, probes: Sequence[Probe], log_dir: Path | None = Non
     backend = create_backend(cfg)
     slo = slo_from_config(cfg)
     measured: dict[str, dict] = {}
+    resolved = {p.name: p for p in probes}
     for eager in sorted({p.eager for p in probes}, reverse=True):
-        group = [p for p in probes if p.eager == eager]
+        group = sorted((p for p in probes if p.eager == eager), key=lambda p: p.kind == "load")
         log = log_dir / f"calibrate-{'eager' if eager else 'graph'}.log" if log_dir else None
-        knobs = probe_knobs(cfg, eager)
-        loads = [p.workload() for p in group for _ in range(2)]
-        results = backend.evaluate_many(knobs, loads, slo, seed=0, log_path=log)
-        for probe, result in zip(group, results[1::2], strict=True):
-            if result.crash is not None:
-                raise RuntimeError(f"probe {probe.name} crashed: {result.crash.evidence}")
-            measured[probe.name] = {k: result.metrics[k] for k in METRICS}
-    return [measured[p.name] for p in probes]
+
+        def next_workload(results: list, group: list[Probe] = group) -> Workload | None:
+            if len(results) % 2 == 0 and results:  # a probe's kept (second) run just ended
+                probe, result = group[len(results) // 2 - 1], results[-1]
+                if result.crash is None:
+                    measured[probe.name] = {k: result.metrics[k] for k in METRICS}
+            if len(results) == 2 * len(group) or (results and results[-1].crash is not None):
+                return None
+            probe = group[len(results) // 2]
+            if probe.kind == "load" and not resolved[probe.name].rate:  # this mode's first one
+                resolved.update((p.name, p) for p in resolve_load_rates(group, measured))
+            return resolved[probe.name].workload()
+
+        results = backend.evaluate_adaptive(
+            probe_knobs(cfg, eager), next_workload, slo, seed=0, log_path=log
+        )
+        if results and results[-1].crash is not None:
+            probe = group[(len(results) - 1) // 2]
+            raise RuntimeError(f"probe {probe.name} crashed: {results[-1].crash.evidence}")
+    return [resolved[p.name] for p in probes], [measured[p.name] for p in probes]
 
 
 def predict(
@@ -188,6 +251,10 @@ _TARGETS: dict[str, dict[str, float]] = {
         "itl_p99_ms": 0.25,
     },
     "prefill": {"ttft_p50_ms": 1.0, "ttft_p99_ms": 0.25},
+    # open-loop load: TTFT as streams multiply (the frontend's delay). Not its TPOT (the decode
+    # probes pin the step costs) nor its TTFT p99: on the CPU build a few requests per load wait
+    # 0.5-1.3 s (p50 25-50 ms), stalls no step-time term explains; fitting them bends the rest
+    "load": {"ttft_p50_ms": 1.0},
 }
 
 
@@ -208,13 +275,25 @@ def log_errors(
 def fit(cfg: DictConfig, probes: Sequence[Probe], measured: Sequence[dict]) -> Calibration:
     """Fit step-time coefficients and the step-time noise to the measurements (log least squares).
 
-    Graph-mode coefficients are fitted only when graph-mode probes were measured.
+    Graph-mode coefficients are fitted only when graph-mode probes were measured, the
+    frontend's per-stream delay only when load probes were.
     """
     graphs = any(not p.eager for p in probes)
-    names = [name for name, _, _ in FITTED if graphs or name not in _GRAPH_ONLY]
+    loads = any(p.kind == "load" for p in probes)
+    names = [
+        name
+        for name, _, _ in FITTED
+        if (graphs or name not in _GRAPH_ONLY) and (loads or name not in _LOAD_ONLY)
+    ]
     bounds = {name: (lo, hi) for name, lo, hi in FITTED}
     base = to_container(cfg.hardware)
-    x0 = [min(max(float(base[n] or 0.0), bounds[n][0]), bounds[n][1]) for n in names]
+    # a coefficient at its lower bound starts at 1% of its range, so the fit can move it
+    x0 = [
+        min(float(base[n] or 0.0), bounds[n][1])
+        if float(base[n] or 0.0) > bounds[n][0]
+        else bounds[n][0] + 0.01 * (bounds[n][1] - bounds[n][0])
+        for n in names
+    ]
     x0.append(0.1)  # step noise
 
     def split(x: np.ndarray) -> tuple[dict[str, float], float]:
@@ -290,8 +369,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "backend=vllm-cpu (or pass --measurements FILE of saved ones)"
                 )
             backend_class(cfg.backend.name).preflight(cfg)
-            probes = design_probes(cfg)
-            measured = measure(cfg, probes)
+            probes, measured = measure(cfg, design_probes(cfg))
             if saved is not None:
                 saved.parent.mkdir(parents=True, exist_ok=True)
                 payload = {"probes": [asdict(p) for p in probes], "measured": measured}

@@ -19,6 +19,9 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message is one line naming it and what is allowed."""
 
 
+OBJECTIVES: tuple[str, ...] = ("goodput", "capacity")
+
+
 @dataclass
 class ModelConfig:
     """Architecture numbers that decide memory and speed (from the model's config.json)."""
@@ -61,6 +64,7 @@ class HardwareConfig:
     seq_overhead_ms: float = 0.0  # per sampled sequence per step (sampling, output processing)
     graph_seq_overhead_ms: float | None = None  # the same in graph mode; None: seq_overhead_ms
     request_overhead_ms: float = 0.0  # frontend: from a request's send until the engine has it
+    stream_overhead_ms: float = 0.0  # frontend: more of that delay per sequence then running
     step_noise: float = 0.03  # lognormal sigma of per-step time jitter (measured by calibration)
     supports_cudagraphs: bool = True
     quantization: list[str] = field(default_factory=lambda: ["fp16", "fp8", "awq", "gptq"])
@@ -75,6 +79,9 @@ class SloConfig:
     itl_ms: float = 100.0
     percentile: float = 99.0
     e2el_ms: float | None = None  # optional end-to-end limit per request
+    # multi-SLO workloads (workload.classes) and capacity: the share of requests that must meet
+    # their own SLOs for a trial to be feasible
+    attainment_target: float = 0.9
 
 
 @dataclass
@@ -86,6 +93,36 @@ class LengthConfig:
     median: float | None = None  # lognormal only; defaults to mean / 1.25
     low: int = 1
     high: int = 4096
+
+
+@dataclass
+class RequestClassConfig:
+    """One SLO class of a multi-SLO workload (SLOs-Serve): its share, lengths, stages and SLOs.
+
+    A request's TTFT limit is ``ttft_ms``, or ``ttft_slowdown`` times its zero-load TTFT on the
+    configured hardware. Its tokens are due at the class's TPOT, cumulatively from the first
+    token. Reasoning: ``answer_len`` answer tokens follow the ``output_len`` thinking tokens, due
+    at ``answer_tpot_ms``. Tool calling: ``rounds`` prefill/decode rounds; each later round is
+    sent ``tool_latency_s`` after the previous one ends, with that round's prompt and output
+    plus ``round_prompt_len`` new tokens as its prompt; the last round has the ``final_`` SLOs.
+    """
+
+    name: str = MISSING
+    weight: float = 1.0  # share of requests (normalised over the classes)
+    prompt_len: LengthConfig | None = None  # null: the workload's
+    output_len: LengthConfig | None = None  # null: the workload's
+    ttft_ms: float | None = None  # absolute TTFT limit ...
+    ttft_slowdown: float | None = None  # ... or a multiple of the zero-load TTFT
+    tpot_ms: float = 100.0
+    answer_len: LengthConfig | None = None  # reasoning: answer tokens after the thinking ones
+    answer_tpot_ms: float | None = None  # null: tpot_ms
+    rounds: int = 1  # tool calling: prefill/decode rounds per request
+    round_prompt_len: LengthConfig | None = None  # tokens each later round adds (tool output)
+    tool_latency_s: float = 0.0
+    final_output_len: LengthConfig | None = None  # null: output_len
+    final_ttft_ms: float | None = None  # the last round's SLOs; null: the class's
+    final_ttft_slowdown: float | None = None
+    final_tpot_ms: float | None = None
 
 
 @dataclass
@@ -109,6 +146,8 @@ class WorkloadConfig:
     trace_path: str | None = None
     trace_time_scale: float = 1.0  # multiplies the gaps: 0.5 replays at twice the rate
     trace_start_s: float = 0.0  # skip the trace's first seconds
+    # multi-SLO: request classes with their own SLOs (empty: the slo group judges every request)
+    classes: list[RequestClassConfig] = field(default_factory=list)
 
 
 @dataclass
@@ -218,6 +257,21 @@ class KnobsConfig:
 
 
 @dataclass
+class CapacityConfig:
+    """Capacity search: the highest request rate with ``slo.attainment_target`` met.
+
+    From the workload's own rate the search doubles or halves until it brackets the capacity,
+    then bisects (geometrically) until the bracket is within ``rel_tol`` or ``max_probes`` loads
+    have run. Arrivals keep their shape; only their rate is scaled.
+    """
+
+    min_rps: float = 0.05
+    max_rps: float = 1000.0
+    rel_tol: float = 0.05
+    max_probes: int = 10
+
+
+@dataclass
 class TrackingConfig:
     """MLflow settings; ``uri`` null means $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db."""
 
@@ -238,6 +292,8 @@ class Config:
     backend: BackendConfig = MISSING
     space: SpaceConfig = MISSING
     knobs: KnobsConfig = field(default_factory=KnobsConfig)
+    objective: str = "goodput"  # goodput | capacity (req/s at the attainment target)
+    capacity: CapacityConfig = field(default_factory=CapacityConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     seed: int = 42
     budget: int = 15
@@ -263,7 +319,7 @@ def validate(cfg: DictConfig) -> None:
     from sloguard.backends import BACKENDS
     from sloguard.optimizer import OPTIMIZERS
     from sloguard.space import SearchSpace
-    from sloguard.workload import ARRIVALS, LENGTH_DISTS
+    from sloguard.workload import ARRIVALS
 
     _check_choice("optimizer.name", cfg.optimizer.name, sorted(OPTIMIZERS))
     _check_choice("backend.name", cfg.backend.name, sorted(BACKENDS))
@@ -277,6 +333,13 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"slo.percentile={cfg.slo.percentile} is invalid; it must be in (0, 100]"
         )
+    if not 0.0 < cfg.slo.attainment_target <= 1.0:
+        raise ConfigError(
+            f"slo.attainment_target={cfg.slo.attainment_target} is invalid; it must be in (0, 1]"
+        )
+    _check_choice("objective", cfg.objective, OBJECTIVES)
+    if cfg.objective == "capacity":
+        _check_capacity(cfg)
     workload = cfg.workload
     _check_choice("workload.arrival", workload.arrival, ARRIVALS)
     for key in ("num_requests", "request_rate", "burstiness"):
@@ -286,14 +349,12 @@ def validate(cfg: DictConfig) -> None:
     if workload.arrival == "trace":
         _check_trace(workload)
     for which in ("prompt_len", "output_len"):
-        dist = workload[which]
-        _check_choice(f"workload.{which}.dist", dist.dist, LENGTH_DISTS)
-        _check_positive(f"workload.{which}.mean", dist.mean)
-        if not 1 <= dist.low <= dist.high:
-            raise ConfigError(
-                f"workload.{which}: low={dist.low}, high={dist.high} is invalid; "
-                "it needs 1 <= low <= high"
-            )
+        _check_length(f"workload.{which}", workload[which])
+    names = [str(c.name) for c in workload.classes]
+    for i, cls in enumerate(workload.classes):
+        _check_class(f"workload.classes[{i}]", cls)
+        if cls.name in names[:i]:
+            raise ConfigError(f"workload.classes[{i}].name={cls.name!r} is not unique")
     for key in ("vram_gb", "peak_tflops", "mem_bw_gbps"):
         _check_positive(f"hardware.{key}", cfg.hardware[key])
     if cfg.backend.noise is not None and cfg.backend.noise < 0:
@@ -326,6 +387,63 @@ def _check_trace(workload: DictConfig) -> None:
         raise ConfigError(
             f"workload.num_requests={workload.num_requests} is more than the "
             f"{len(arrivals)} requests of {path!r} from trace_start_s={workload.trace_start_s:g}"
+        )
+
+
+def _check_length(key: str, dist: DictConfig) -> None:
+    from sloguard.workload import LENGTH_DISTS
+
+    _check_choice(f"{key}.dist", dist.dist, LENGTH_DISTS)
+    _check_positive(f"{key}.mean", dist.mean)
+    if not 1 <= dist.low <= dist.high:
+        raise ConfigError(
+            f"{key}: low={dist.low}, high={dist.high} is invalid; it needs 1 <= low <= high"
+        )
+
+
+def _check_class(key: str, cls: DictConfig) -> None:
+    """One request class: a TTFT limit given one way, positive limits, lengths, rounds."""
+    for prefix in ("", "final_"):
+        given = [k for k in ("ttft_ms", "ttft_slowdown") if cls[prefix + k] is not None]
+        if len(given) > 1 or (not prefix and not given):
+            raise ConfigError(
+                f"{key} sets {' and '.join(prefix + k for k in given) or 'no TTFT limit'}; "
+                f"give exactly one of {prefix}ttft_ms (absolute) or {prefix}ttft_slowdown "
+                "(a multiple of the zero-load TTFT)"
+            )
+        for k in given:
+            _check_positive(f"{key}.{prefix}{k}", cls[prefix + k])
+    for k in ("weight", "tpot_ms", "answer_tpot_ms", "final_tpot_ms"):
+        if cls[k] is not None:
+            _check_positive(f"{key}.{k}", cls[k])
+    if cls.tool_latency_s < 0:
+        raise ConfigError(f"{key}.tool_latency_s={cls.tool_latency_s} is invalid; it must be >= 0")
+    if cls.rounds < 1:
+        raise ConfigError(f"{key}.rounds={cls.rounds} is invalid; it must be an integer >= 1")
+    if cls.rounds > 1 and cls.round_prompt_len is None:
+        raise ConfigError(
+            f"{key}.round_prompt_len is required when rounds={cls.rounds} > 1 (the tokens each "
+            "later round adds, e.g. the tool's result)"
+        )
+    for k in ("prompt_len", "output_len", "answer_len", "round_prompt_len", "final_output_len"):
+        if cls[k] is not None:
+            _check_length(f"{key}.{k}", cls[k])
+
+
+def _check_capacity(cfg: DictConfig) -> None:
+    """Capacity search needs open-loop arrivals and a sane bracket."""
+    if cfg.workload.arrival == "closed":
+        raise ConfigError(
+            "objective=capacity needs open-loop arrivals; workload.arrival='closed' has no "
+            "request rate to search (use poisson, gamma or trace)"
+        )
+    cap = cfg.capacity
+    for k in ("min_rps", "rel_tol", "max_probes"):
+        _check_positive(f"capacity.{k}", cap[k])
+    if cap.max_rps < cap.min_rps:
+        raise ConfigError(
+            f"capacity.max_rps={cap.max_rps} is invalid; it must be >= capacity.min_rps="
+            f"{cap.min_rps}"
         )
 
 

@@ -10,6 +10,7 @@ study proposes and measures exactly what an uninterrupted one would have.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import math
@@ -24,6 +25,8 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from sloguard.backends import create_backend
+from sloguard.backends.sim import zero_load_ttft_ms
+from sloguard.capacity import CapacitySearch, search_capacity
 from sloguard.config import ConfigError, to_container
 from sloguard.gpu_profile import MemoryGuard, detect_vram_gb
 from sloguard.metrics_collector import requests_table
@@ -32,15 +35,15 @@ from sloguard.slo_contract import SloContract
 from sloguard.space import Repair, SearchSpace
 from sloguard.tracking import StudyTracker, flatten, resolve_tracking_uri
 from sloguard.trial_logger import LOG_NAME, TrialLog, TrialRecord
-from sloguard.workload import build_workload
+from sloguard.workload import Workload, build_workload
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
     from sloguard.backends import BaseBackend
     from sloguard.optimizer import BaseOptimizer
+    from sloguard.request_class import RequestClasses
     from sloguard.result import RequestRecord
-    from sloguard.workload import Workload
 
 # config keys that do not change what a study measures (so a resume may change them)
 _NOT_HASHED = (
@@ -77,6 +80,7 @@ def slo_from_config(cfg: DictConfig) -> SloContract:
         itl_ms=cfg.slo.itl_ms,
         percentile=cfg.slo.percentile,
         e2el_ms=cfg.slo.e2el_ms,
+        attainment_target=cfg.slo.attainment_target,
     )
 
 
@@ -131,21 +135,27 @@ class TrialStep:
     seed: int
     max_position_embeddings: int
     log_dir: Path | None = None
+    capacity: CapacitySearch | None = None
 
     @classmethod
     def from_config(
         cls, cfg: DictConfig, space: SearchSpace, slo: SloContract, log_dir: Path | None = None
     ) -> TrialStep:
         backend = create_backend(cfg)
+        workload = workload_from_config(cfg)
+        capacity = None
+        if cfg.objective == "capacity":
+            capacity = CapacitySearch.from_config(cfg, workload)
         return cls(
             space,
             memory_guard(cfg, probe_device=backend.probes_device),
             backend,
-            build_workload(cfg.workload),
+            workload,
             slo,
             cfg.seed,
             cfg.model.max_position_embeddings,
             log_dir,
+            capacity,
         )
 
     def run(self, optimizer: BaseOptimizer, number: int) -> TrialRecord:
@@ -158,16 +168,29 @@ class TrialStep:
         repair = launch_config(self.space, self.guard, params, self.max_position_embeddings)
         start = time.perf_counter()
         log_path = self.log_dir / f"trial-{number:03d}.log" if self.log_dir else None
-        result = self.backend.evaluate(
-            repair.config,
-            self.workload,
-            self.slo,
-            seed=trial_seed(self.seed, number),
-            log_path=log_path,
-        )
+        seed = trial_seed(self.seed, number)
+        if self.capacity is None:
+            result = self.backend.evaluate(
+                repair.config, self.workload, self.slo, seed=seed, log_path=log_path
+            )
+        else:
+            result = search_capacity(
+                self.capacity,
+                self.workload,
+                lambda next_workload: self.backend.evaluate_adaptive(
+                    repair.config, next_workload, self.slo, seed=seed, log_path=log_path
+                ),
+            )
         return TrialRecord(
             number, params, result, phase, list(repair.changes), time.perf_counter() - start
         )
+
+
+def workload_from_config(cfg: DictConfig) -> Workload:
+    """The study's requests; TTFT slowdown SLOs resolve against the hardware's zero-load TTFT."""
+    return build_workload(
+        cfg.workload, functools.partial(zero_load_ttft_ms, cfg.model, cfg.hardware)
+    )
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -204,6 +227,8 @@ def summarize_study(records: list[TrialRecord]) -> dict[str, Any]:
             best_ttft_p99_ms=best.result.metrics.get("ttft_p99_ms", math.nan),
             best_itl_p99_ms=best.result.metrics.get("itl_p99_ms", math.nan),
             best_e2el_p50_ms=best.result.metrics.get("e2el_p50_ms", math.nan),
+            best_attainment=best.result.metrics.get("attainment", math.nan),
+            best_capacity_rps=best.result.metrics.get("capacity_rps", math.nan),
             best_config=best.result.config,
         )
     return summary
@@ -337,7 +362,9 @@ def run_study(
             result = record.result
             csv_path = None
             if cfg.tracking.log_requests and result.requests:
-                csv_path = _write_requests(directory, number, result.requests, slo)
+                csv_path = _write_requests(
+                    directory, number, result.requests, slo, trial.workload.classes
+                )
             log.append(record)
             tracker.log_trial(record, csv_path)
             optimizer.tell(record.params, result)
@@ -348,6 +375,7 @@ def run_study(
                 best.result.utility if best else None,
                 crashes,
                 sum(1 for r in log.records if r.result.feasible),
+                objective="capacity_rps" if cfg.objective == "capacity" else "goodput_tok_s",
             )
             bar.update(1)
             _set_postfix(bar, log.records, crashes)
@@ -363,7 +391,9 @@ def run_study(
 def _set_postfix(bar: tqdm, records: list[TrialRecord], crashes: int) -> None:
     best = best_trial(records)
     goodput = f"{best.result.metrics['goodput_tok_s']:.0f} tok/s" if best else "-"
-    bar.set_postfix_str(f"best goodput={goodput}, crashes={crashes}")
+    capacity = best.result.metrics.get("capacity_rps") if best else None
+    shown = f"best capacity={capacity:.3g} req/s" if capacity else f"best goodput={goodput}"
+    bar.set_postfix_str(f"{shown}, crashes={crashes}")
 
 
 def _requests_path(directory: Path, number: int) -> Path:
@@ -371,12 +401,16 @@ def _requests_path(directory: Path, number: int) -> Path:
 
 
 def _write_requests(
-    directory: Path, number: int, records: list[RequestRecord], slo: SloContract
+    directory: Path,
+    number: int,
+    records: list[RequestRecord],
+    slo: SloContract,
+    classes: RequestClasses | None,
 ) -> Path:
     """Write the per-request table atomically (temp file, fsync, rename)."""
     path = _requests_path(directory, number)
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = requests_table(records, slo)
+    rows = requests_table(records, slo, classes)
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

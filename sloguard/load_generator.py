@@ -4,7 +4,11 @@ Requests go to ``/v1/completions`` with ``stream: true``; prompts are token-id l
 workload's exact lengths and ``max_tokens`` with ``ignore_eos`` fixes output lengths, so the real
 server serves the same request sequence the simulator does. Each request is sent at its due time
 (open loop: Poisson or gamma arrivals as the workload drew them) or, under a concurrency cap,
-when a slot frees (closed loop). Every streamed chunk is timestamped.
+when a slot frees (closed loop). Every streamed chunk is timestamped. A multi-round request (tool
+calling) sends each later round once the round before has ended and the tool's latency passed;
+its prompt is the previous round's prompt, then tokens standing for that round's output and the
+tool's result, so the server's prefix cache can reuse the previous prompt as the simulator
+assumes. The session holds its concurrency slot through all its rounds.
 
 A request that fails (HTTP error, connection reset, a stream that stops producing tokens for
 ``stall_timeout_s``, a stream cut before ``[DONE]``, fewer tokens than asked) is recorded with
@@ -25,7 +29,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from sloguard.result import RequestRecord
+from sloguard.result import RequestRecord, unsent_round_error
 from sloguard.workload import Workload
 
 TIMEOUT_ERROR = "timeout"  # prefix of errors of requests cut by the load-phase limit
@@ -85,7 +89,11 @@ class LoadResult:
 
 
 def build_prompts(workload: Workload, vocab_size: int, seed: int) -> list[list[int]]:
-    """Token-id prompts of the workload's lengths; requests of a prefix group share a prefix."""
+    """Token-id prompts of the workload's lengths.
+
+    Requests of a prefix group share a prefix; a later round starts with the prompt of the
+    round it follows.
+    """
     if vocab_size <= _FIRST_ID + 1:
         raise ValueError(f"vocab_size={vocab_size} is too small; it must be > {_FIRST_ID + 1}")
     rng = np.random.default_rng([seed, 7])
@@ -93,9 +101,13 @@ def build_prompts(workload: Workload, vocab_size: int, seed: int) -> list[list[i
     prefixes = {
         g: rng.integers(_FIRST_ID, vocab_size, workload.shared_prefix_len).tolist() for g in groups
     }
-    prompts = []
-    for length, group in zip(workload.prompt_lens, workload.prefix_groups, strict=True):
-        head = prefixes.get(int(group), [])[: int(length)]
+    follows = workload.follows if workload.follows is not None else np.full(len(workload), -1)
+    prompts: list[list[int]] = []
+    for length, group, before in zip(
+        workload.prompt_lens, workload.prefix_groups, follows, strict=True
+    ):
+        head = prompts[before] if before >= 0 else prefixes.get(int(group), [])
+        head = head[: int(length)]
         tail = rng.integers(_FIRST_ID, vocab_size, int(length) - len(head)).tolist()
         prompts.append(head + tail)
     return prompts
@@ -147,15 +159,40 @@ async def generate(
         t0 = time.perf_counter()
         sender = _Sender(session, settings, t0)
         tasks: list[asyncio.Task[None]] = []
+        next_round = workload.next_rounds().tolist()
+
+        async def run_session(rid: int) -> None:
+            """Send request ``rid`` and the rounds that follow it, then free the slot."""
+            try:
+                while True:
+                    await sender.send(records[rid], prompts[rid])
+                    nxt = next_round[rid]
+                    if nxt < 0:
+                        return
+                    if records[rid].error is not None:
+                        while nxt >= 0:
+                            records[nxt].error = unsent_round_error(rid)
+                            nxt = next_round[nxt]
+                        return
+                    records[nxt].scheduled_time = records[rid].token_times[-1] + float(
+                        workload.arrival_times[nxt]
+                    )
+                    delay = records[nxt].scheduled_time - (time.perf_counter() - t0)
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    rid = nxt
+            finally:
+                if slots is not None:
+                    slots.release()
 
         async def dispatch() -> None:
-            for record, prompt in zip(records, prompts, strict=True):
+            for record in records[: workload.num_first]:
                 delay = record.scheduled_time - (time.perf_counter() - t0)
                 if delay > 0:
                     await asyncio.sleep(delay)
                 if slots is not None:
                     await slots.acquire()
-                tasks.append(asyncio.ensure_future(sender.send(record, prompt, slots)))
+                tasks.append(asyncio.ensure_future(run_session(record.request_id)))
             if tasks:
                 await asyncio.wait(tasks)
 
@@ -209,9 +246,7 @@ class _Sender:
         self.settings = settings
         self.t0 = t0
 
-    async def send(
-        self, record: RequestRecord, prompt: list[int], slots: asyncio.Semaphore | None
-    ) -> None:
+    async def send(self, record: RequestRecord, prompt: list[int]) -> None:
         times: list[float] = []
         try:
             record.error = await self._stream(record, prompt, times)
@@ -226,9 +261,6 @@ class _Sender:
             record.error = f"connect: {e}"
         except (aiohttp.ClientError, ConnectionError) as e:
             record.error = f"reset: {type(e).__name__}: {e}"
-        finally:
-            if slots is not None:
-                slots.release()
         if record.error is not None:
             record.token_times = np.empty(0)
 

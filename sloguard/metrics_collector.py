@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sloguard import slo_contract
 from sloguard.crash_classifier import CrashInfo
+from sloguard.request_class import RequestClasses
 from sloguard.result import RequestRecord, TrialResult
 from sloguard.slo_contract import PERCENTILES, SloContract
 
@@ -29,15 +30,45 @@ def request_latencies(record: RequestRecord) -> tuple[float, float, float]:
     return ttft, slo_contract.tpot_ms(ttft, e2el, record.output_len), e2el
 
 
+def good_requests(
+    records: Sequence[RequestRecord], slo: SloContract, classes: RequestClasses | None = None
+) -> np.ndarray:
+    """Which records met their SLOs (failed ones never do).
+
+    Without classes a request is good when it meets ``slo`` (vllm bench serve's rule); with
+    them, when it meets its class's deadlines and so did every other round of its session.
+    """
+    if classes is None:
+        return np.array(
+            [r.success and slo.request_is_good(*request_latencies(r)) for r in records], bool
+        )
+    meets = classes.meets_slo
+    ok = np.array(
+        [r.success and meets(r.request_id, r.send_time, r.token_times) for r in records], bool
+    )
+    sessions = classes.sessions[[r.request_id for r in records]]
+    session_ok = np.ones(int(sessions.max(initial=-1)) + 1, bool)
+    np.logical_and.at(session_ok, sessions, ok)
+    return session_ok[sessions]
+
+
 def summarize(
-    records: Sequence[RequestRecord], duration_s: float, slo: SloContract
+    records: Sequence[RequestRecord],
+    duration_s: float,
+    slo: SloContract,
+    classes: RequestClasses | None = None,
 ) -> dict[str, float]:
     """Percentiles, means, throughput, goodput and attainment of one load phase.
+
+    With request classes, attainment and request goodput count sessions (a multi-round request
+    once), and each class adds ``class/<name>/...`` figures: attainment, goodput, sessions,
+    TTFT and TPOT percentiles.
 
     Args:
         records: Every request sent, failed ones included.
         duration_s: Benchmark duration (first send to last completion).
         slo: The contract that decides which requests are good.
+        classes: Per-request SLO classes of a multi-SLO workload.
     """
     done = [r for r in records if r.success]
     lat = np.array([request_latencies(r) for r in done]).reshape(-1, 3)
@@ -55,7 +86,7 @@ def summarize(
         metrics[f"{name}_mean_ms"] = float(values.mean()) if values.size else float("nan")
         for p, v in slo_contract.percentiles(values, pcts).items():
             metrics[f"{name}_p{p:g}_ms"] = v
-    good = [r for r, (t, tp, e) in zip(done, lat, strict=True) if slo.request_is_good(t, tp, e)]
+    good = good_requests(records, slo, classes)
     out_tokens = sum(r.output_len for r in done)
     metrics.update(
         num_requests=float(len(records)),
@@ -64,11 +95,37 @@ def summarize(
         duration_s=float(duration_s),
         output_throughput_tok_s=out_tokens / duration_s if duration_s > 0 else 0.0,
         request_throughput_rps=len(done) / duration_s if duration_s > 0 else 0.0,
-        goodput_tok_s=slo_contract.goodput(sum(r.output_len for r in good), duration_s),
-        request_goodput_rps=slo_contract.goodput(len(good), duration_s),
-        attainment=slo_contract.attainment(len(good), len(records)),
     )
+    if classes is None:
+        metrics.update(_goodput(records, good, np.ones(len(records), bool), duration_s))
+        return metrics
+    first = np.array([classes.sessions[r.request_id] == r.request_id for r in records], bool)
+    metrics.update(_goodput(records, good, first, duration_s))
+    class_of = classes.class_ids[[r.request_id for r in records]]
+    for k, name in enumerate(classes.names):
+        mine = class_of == k
+        figures = _goodput(records, good & mine, first & mine, duration_s)
+        figures["sessions"] = float(np.sum(first & mine))
+        ok = [r for r, m in zip(records, mine, strict=True) if m and r.success]
+        lat_k = np.array([request_latencies(r) for r in ok]).reshape(-1, 3)
+        for label, column in (("ttft", 0), ("tpot", 1)):
+            for p, v in slo_contract.percentiles(lat_k[:, column], (50, 99)).items():
+                figures[f"{label}_p{p:g}_ms"] = v
+        metrics.update({f"class/{name}/{key}": v for key, v in figures.items()})
     return metrics
+
+
+def _goodput(
+    records: Sequence[RequestRecord], good: np.ndarray, counted: np.ndarray, duration_s: float
+) -> dict[str, float]:
+    """Goodput (tokens of good records), and good and all ``counted`` ones (sessions)."""
+    tokens = sum(r.output_len for r, g in zip(records, good, strict=True) if g)
+    num_good = int(np.sum(good & counted))
+    return {
+        "goodput_tok_s": slo_contract.goodput(tokens, duration_s),
+        "request_goodput_rps": slo_contract.goodput(num_good, duration_s),
+        "attainment": slo_contract.attainment(num_good, int(np.sum(counted))),
+    }
 
 
 def build_result(
@@ -78,12 +135,14 @@ def build_result(
     duration_s: float = 0.0,
     crash: CrashInfo | None = None,
     server: dict[str, float] | None = None,
+    classes: RequestClasses | None = None,
 ) -> TrialResult:
     """Assemble a TrialResult: metrics from the records, then feasibility and utility.
 
     A crash makes the trial infeasible with no utility, whatever requests completed before it.
+    With request classes, a trial is feasible when its attainment reaches the target.
     """
-    metrics = summarize(records, duration_s, slo) if records else {}
+    metrics = summarize(records, duration_s, slo, classes) if records else {}
     result = TrialResult(
         config=dict(config),
         metrics=metrics,
@@ -91,7 +150,13 @@ def build_result(
         server=dict(server or {}),
         requests=list(records),
     )
-    if crash is None and metrics:
+    if crash is None and metrics and classes is not None:
+        share = metrics["attainment"]
+        result.feasible = share >= slo.attainment_target - 1e-12
+        result.utility = slo_contract.attainment_utility(
+            metrics["goodput_tok_s"], share, slo.attainment_target
+        )
+    elif crash is None and metrics:
         ttft = metrics[f"ttft_p{slo.percentile:g}_ms"]
         itl = metrics[f"itl_p{slo.percentile:g}_ms"]
         failed = metrics["failed"] / metrics["num_requests"]
@@ -100,10 +165,16 @@ def build_result(
     return result
 
 
-def requests_table(records: Sequence[RequestRecord], slo: SloContract) -> list[dict[str, Any]]:
-    """One row per request: lengths, latencies, whether it met the SLO, and any error."""
+def requests_table(
+    records: Sequence[RequestRecord], slo: SloContract, classes: RequestClasses | None = None
+) -> list[dict[str, Any]]:
+    """One row per request: lengths, latencies, whether it met the SLO, and any error.
+
+    With request classes, rows also name the class and session (``good`` is the session's).
+    """
     rows = []
-    for r in records:
+    good = good_requests(records, slo, classes)
+    for r, is_good in zip(records, good, strict=True):
         row: dict[str, Any] = {
             "request_id": r.request_id,
             "prompt_len": r.prompt_len,
@@ -115,9 +186,12 @@ def requests_table(records: Sequence[RequestRecord], slo: SloContract) -> list[d
             "tpot_ms": None,
             "e2el_ms": None,
             "max_itl_ms": None,
-            "good": False,
+            "good": bool(is_good),
             "error": r.error,
         }
+        if classes is not None:
+            row["class"] = classes.names[int(classes.class_ids[r.request_id])]
+            row["session"] = int(classes.sessions[r.request_id])
         if r.success:
             ttft, tpot, e2el = request_latencies(r)
             gaps = np.diff(r.token_times)
@@ -126,7 +200,6 @@ def requests_table(records: Sequence[RequestRecord], slo: SloContract) -> list[d
                 tpot_ms=round(tpot, 3),
                 e2el_ms=round(e2el, 3),
                 max_itl_ms=round(float(gaps.max()) * 1e3, 3) if gaps.size else 0.0,
-                good=slo.request_is_good(ttft, tpot, e2el),
             )
         rows.append(row)
     return rows

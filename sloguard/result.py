@@ -41,6 +41,11 @@ class RequestRecord:
         return len(self.token_times)
 
 
+def unsent_round_error(failed: int) -> str:
+    """The error of a later round never sent because round ``failed`` of its request failed."""
+    return f"not sent: an earlier round (request {failed}) failed"
+
+
 @dataclass
 class TrialResult:
     """What one evaluation of one configuration produced.

@@ -8,6 +8,10 @@ Definitions follow ``vllm bench serve`` so figures line up with the field's own 
 - A request is *good* when it succeeded and meets every given per-request SLO (TTFT, TPOT against
   the ITL threshold, E2EL when set); failed requests are never good.
 - Goodput: output tokens of good requests per second of benchmark duration.
+
+A multi-SLO workload judges each request by its own class's limits instead (see
+:mod:`sloguard.request_class`); its trial is feasible when the share of good requests reaches
+``attainment_target``.
 """
 
 from __future__ import annotations
@@ -34,12 +38,15 @@ class SloContract:
         itl_ms: Inter-token limit (per request against TPOT; for the trial against pooled ITL).
         percentile: Which percentile of TTFT and ITL decides feasibility.
         e2el_ms: Optional end-to-end limit per request.
+        attainment_target: Share of requests that must meet their SLOs (multi-SLO workloads
+            and capacity search).
     """
 
     ttft_ms: float = 500.0
     itl_ms: float = 100.0
     percentile: float = 99.0
     e2el_ms: float | None = None
+    attainment_target: float = 0.9
 
     def request_is_good(self, ttft_ms: float, tpot_ms: float, e2el_ms: float) -> bool:
         """Whether one successful request meets every per-request SLO."""
@@ -75,6 +82,13 @@ def attainment(num_good: int, num_requests: int) -> float:
 def allowed_failure_fraction(slo: SloContract) -> float:
     """Failed requests a feasible trial may have: those beyond the SLO percentile (1% at p99)."""
     return 1.0 - slo.percentile / 100.0
+
+
+def attainment_utility(goodput_tok_s: float, attainment_share: float, target: float) -> float:
+    """Utility of a multi-SLO trial: goodput at or above the target, else minus the shortfall."""
+    if attainment_share >= target - 1e-12:
+        return float(goodput_tok_s)
+    return -(target - attainment_share)
 
 
 def is_feasible(

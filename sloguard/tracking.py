@@ -191,16 +191,24 @@ class StudyTracker:
         return run_id
 
     def log_progress(
-        self, number: int, best_utility: float | None, crashes: int, feasible: int
+        self,
+        number: int,
+        best_utility: float | None,
+        crashes: int,
+        feasible: int,
+        objective: str = "goodput_tok_s",
     ) -> None:
-        """Study-level curves, one point per trial (step = trial number)."""
+        """Study-level curves, one point per trial (step = trial number).
+
+        The best utility is logged as ``best_<objective>`` (goodput, or capacity in req/s).
+        """
         now = int(time.time() * 1000)
         metrics = [
             Metric("crashes", crashes, now, number),
             Metric("feasible_trials", feasible, now, number),
         ]
         if best_utility is not None:
-            metrics.append(Metric("best_goodput_tok_s", best_utility, now, number))
+            metrics.append(Metric(f"best_{objective}", best_utility, now, number))
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def finish(self, summary: dict[str, Any], trial_log: Path, status: str = "FINISHED") -> None:

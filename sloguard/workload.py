@@ -3,11 +3,18 @@
 The same :class:`Workload` drives the simulator and the real load generator, so a configuration
 is judged on identical requests by both backends. Arrivals are a closed loop, Poisson or gamma
 draws, or a replayed trace (a CSV of arrival times and prompt/output lengths).
+
+A multi-SLO workload (``classes`` in its config) assigns every request a class with its own
+TTFT and TPOT limits (:class:`~sloguard.request_class.RequestClasses`). A reasoning class
+decodes thinking then answer tokens under different TPOT limits; a tool-calling class sends
+several rounds, each a request of its own whose prompt extends the previous round's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,8 +22,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from sloguard.request_class import RequestClasses
+
 if TYPE_CHECKING:
     from omegaconf import DictConfig
+
+ZeroLoadTtft = Callable[[np.ndarray], np.ndarray]  # prompt lengths -> zero-load TTFT (ms)
 
 ARRIVALS: tuple[str, ...] = ("closed", "poisson", "gamma", "trace")
 # accepted trace columns: (arrival seconds or timestamps, prompt tokens, output tokens)
@@ -39,6 +50,12 @@ class Workload:
         concurrency: In-flight cap (a closed loop is all-due-at-0 with a cap); 0 is uncapped.
         prefix_groups: Shared-prefix group per request (-1 for none).
         shared_prefix_len: Tokens of the prefix shared inside a group.
+        follows: For a later round of a multi-round request, the index of the round it follows
+            (-1 for first rounds). Later rounds come after every first round, each after the
+            round it follows; their ``arrival_times`` are the delay after that round ends. A
+            session holds its concurrency slot until its last round ends.
+        classes: Per-request SLO classes of a multi-SLO workload (``None``: the trial's
+            single SLO contract judges every request).
     """
 
     prompt_lens: np.ndarray
@@ -47,9 +64,43 @@ class Workload:
     concurrency: int
     prefix_groups: np.ndarray
     shared_prefix_len: int = 0
+    follows: np.ndarray | None = None
+    classes: RequestClasses | None = None
 
     def __len__(self) -> int:
         return len(self.prompt_lens)
+
+    @property
+    def num_first(self) -> int:
+        """Requests sent on their own arrival (the first rounds; all of them without rounds)."""
+        return len(self) if self.follows is None else int(np.sum(self.follows < 0))
+
+    def next_rounds(self) -> np.ndarray:
+        """Index of the round that follows each request (-1 for a session's last round)."""
+        nxt = np.full(len(self), -1)
+        if self.follows is not None:
+            later = np.flatnonzero(self.follows >= 0)
+            nxt[self.follows[later]] = later
+        return nxt
+
+    def offered_rate(self) -> float:
+        """Sessions per second the arrivals offer (first to last arrival); 0 for one or none."""
+        first = self.arrival_times[: self.num_first]
+        span = float(first[-1] - first[0]) if len(first) > 1 else 0.0
+        return (len(first) - 1) / span if span > 0 else 0.0
+
+    def at_rate(self, rate: float) -> Workload:
+        """The same requests with first-round arrivals rescaled to ``rate`` sessions per second.
+
+        The gaps keep their shape (burstiness, a trace's pattern); tool latencies are unchanged.
+        """
+        offered = self.offered_rate()
+        if offered <= 0 or rate <= 0:
+            raise ValueError(f"cannot rescale arrivals offered at {offered:g} req/s to {rate:g}")
+        arrivals = self.arrival_times.copy()
+        m = self.num_first
+        arrivals[:m] = (arrivals[:m] - arrivals[0]) * (offered / rate) + arrivals[0]
+        return dataclasses.replace(self, arrival_times=arrivals)
 
     @classmethod
     def plain(
@@ -151,11 +202,18 @@ def read_trace(
     )
 
 
-def build_workload(cfg: DictConfig) -> Workload:
+def build_workload(cfg: DictConfig, zero_load_ttft_ms: ZeroLoadTtft | None = None) -> Workload:
     """Materialise a ``WorkloadConfig`` into its request sequence (deterministic in its seed).
 
     A trace gives arrivals and lengths (the first ``num_requests`` from ``trace_start_s``,
-    lengths clipped to the length configs' ``[low, high]``); otherwise they are drawn.
+    lengths clipped to the length configs' ``[low, high]``); otherwise they are drawn. Request
+    classes then assign each request its class (lengths a class sets are redrawn for its
+    requests) and expand multi-round ones.
+
+    Args:
+        cfg: The workload config.
+        zero_load_ttft_ms: Zero-load TTFT per prompt length, for classes whose TTFT limit is a
+            slowdown (needed only then).
     """
     rng = np.random.default_rng(cfg.seed)
     n = int(cfg.num_requests)
@@ -188,4 +246,139 @@ def build_workload(cfg: DictConfig) -> Workload:
     prefix = int(cfg.shared_prefix_len) if cfg.num_prefix_groups > 0 else 0
     if prefix:
         prompts = np.maximum(prompts, prefix + 1)
-    return Workload(prompts, outputs, arrivals, max(int(cfg.concurrency), 0), groups, prefix)
+    workload = Workload(prompts, outputs, arrivals, max(int(cfg.concurrency), 0), groups, prefix)
+    if cfg.classes:
+        workload = with_classes(workload, cfg, rng, zero_load_ttft_ms)
+    return workload
+
+
+@dataclass
+class _Rounds:
+    """Per-round columns of a multi-SLO workload while it is assembled."""
+
+    prompt: list[int] = dataclasses.field(default_factory=list)
+    output: list[int] = dataclasses.field(default_factory=list)
+    due: list[float] = dataclasses.field(default_factory=list)
+    follows: list[int] = dataclasses.field(default_factory=list)
+    class_id: list[int] = dataclasses.field(default_factory=list)
+    session: list[int] = dataclasses.field(default_factory=list)
+    ttft_slo: list[tuple[float | None, float | None]] = dataclasses.field(default_factory=list)
+    tpot: list[float] = dataclasses.field(default_factory=list)
+    answer_tpot: list[float] = dataclasses.field(default_factory=list)
+    answer_from: list[int] = dataclasses.field(default_factory=list)
+
+
+def with_classes(
+    workload: Workload,
+    cfg: DictConfig,
+    rng: np.random.Generator,
+    zero_load_ttft_ms: ZeroLoadTtft | None = None,
+) -> Workload:
+    """Assign each request a class (by the classes' weights) and expand multi-round ones.
+
+    Args:
+        workload: Single-round requests, one per session.
+        cfg: The workload config; its ``classes`` are ``RequestClassConfig`` entries.
+        rng: Draws the classes and any lengths the classes set.
+        zero_load_ttft_ms: Resolves TTFT limits given as a slowdown.
+
+    Raises:
+        ValueError: A class gives its TTFT limit as a slowdown and no resolver was given.
+    """
+    classes = list(cfg.classes)
+    n = len(workload)
+    weights = np.array([float(c.weight) for c in classes])
+    class_of = rng.choice(len(classes), n, p=weights / weights.sum())
+    prompts, outputs = workload.prompt_lens.copy(), workload.output_lens.copy()
+    answers = np.zeros(n, dtype=np.int64)
+    later: dict[int, list[tuple[int, int]]] = {}  # session -> (added prompt, output) per round
+    for k, cls in enumerate(classes):
+        members = np.flatnonzero(class_of == k)
+        if cls.prompt_len is not None:
+            prompts[members] = sample_lengths(cls.prompt_len, len(members), rng)
+        if cls.output_len is not None:
+            outputs[members] = sample_lengths(cls.output_len, len(members), rng)
+        if cls.answer_len is not None:
+            answers[members] = sample_lengths(cls.answer_len, len(members), rng)
+        draws = []
+        for r in range(1, int(cls.rounds)):
+            lengths = cls.output_len or cfg.output_len
+            if r == cls.rounds - 1 and cls.final_output_len is not None:
+                lengths = cls.final_output_len
+            added = sample_lengths(cls.round_prompt_len, len(members), rng)
+            draws.append((added, sample_lengths(lengths, len(members), rng)))
+        for j, session in enumerate(members.tolist()):
+            later[session] = [(int(added[j]), int(out[j])) for added, out in draws]
+    if workload.shared_prefix_len:
+        prompts = np.maximum(prompts, workload.shared_prefix_len + 1)
+    cols = _Rounds()
+    pending: list[tuple[int, int, int, int, int]] = []  # (session, round, prompt, output, follows)
+    for s in range(n):
+        cls = classes[int(class_of[s])]
+        prompt, out = int(prompts[s]), int(outputs[s] + answers[s])
+        _add_round(cols, cls, s, int(class_of[s]), prompt, out, int(outputs[s]), 0)
+        cols.due.append(float(workload.arrival_times[s]))
+        cols.follows.append(-1)
+        parent = s
+        for r, (added, output) in enumerate(later[s], start=1):
+            prompt, out = prompt + out + added, output
+            pending.append((s, r, prompt, out, parent))
+            parent = n + len(pending) - 1  # later rounds are numbered after every first round
+    for s, r, prompt, out, parent in pending:
+        cls = classes[int(class_of[s])]
+        _add_round(cols, cls, s, int(class_of[s]), prompt, out, out, r)
+        cols.due.append(float(cls.tool_latency_s))
+        cols.follows.append(parent)
+    prompt_arr = np.array(cols.prompt, dtype=np.int64)
+    ttft = np.array([np.nan if ms is None else ms for ms, _ in cols.ttft_slo], dtype=float)
+    needs = np.isnan(ttft)
+    if needs.any():
+        if zero_load_ttft_ms is None:
+            raise ValueError("a class sets ttft_slowdown but no zero-load TTFT model was given")
+        slowdown = np.array([sd for (ms, sd) in cols.ttft_slo if ms is None], dtype=float)
+        ttft[needs] = slowdown * zero_load_ttft_ms(prompt_arr[needs])
+    sessions = np.array(cols.session)
+    request_classes = RequestClasses(
+        names=tuple(str(c.name) for c in classes),
+        class_ids=np.array(cols.class_id),
+        sessions=sessions,
+        ttft_ms=ttft,
+        tpot_ms=np.array(cols.tpot),
+        answer_tpot_ms=np.array(cols.answer_tpot),
+        answer_from=np.array(cols.answer_from, dtype=np.int64),
+    )
+    return dataclasses.replace(
+        workload,
+        prompt_lens=prompt_arr,
+        output_lens=np.array(cols.output, dtype=np.int64),
+        arrival_times=np.array(cols.due),
+        prefix_groups=workload.prefix_groups[sessions],
+        follows=np.array(cols.follows),
+        classes=request_classes,
+    )
+
+
+def _add_round(
+    cols: _Rounds,
+    cls: DictConfig,
+    session: int,
+    class_id: int,
+    prompt: int,
+    output: int,
+    answer_from: int,
+    round_index: int,
+) -> None:
+    """Append one round's lengths and SLOs (the final round of a loop takes the final SLOs)."""
+    final = cls.rounds > 1 and round_index == cls.rounds - 1
+    if final and (cls.final_ttft_ms is not None or cls.final_ttft_slowdown is not None):
+        cols.ttft_slo.append((cls.final_ttft_ms, cls.final_ttft_slowdown))
+    else:
+        cols.ttft_slo.append((cls.ttft_ms, cls.ttft_slowdown))
+    tpot = float(cls.final_tpot_ms if final and cls.final_tpot_ms is not None else cls.tpot_ms)
+    cols.prompt.append(int(prompt))
+    cols.output.append(int(output))
+    cols.class_id.append(class_id)
+    cols.session.append(session)
+    cols.tpot.append(tpot)
+    cols.answer_tpot.append(float(cls.answer_tpot_ms) if cls.answer_tpot_ms else tpot)
+    cols.answer_from.append(int(answer_from))

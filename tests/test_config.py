@@ -63,6 +63,30 @@ def test_defaults_are_the_seed_setting(compose) -> None:
         ("knobs.gpu_memory_utilization=1.5", "must be in (0, 1]"),
         ("workload.arrival=fast", "workload.arrival='fast' is not known"),
         ("optimizer.name=bogus", "optimizer.name='bogus' is not known"),
+        (
+            "workload=chatbot workload.classes=[{name:a,tpot_ms:50}]",
+            "workload.classes[0] sets no TTFT limit; give exactly one of ttft_ms",
+        ),
+        (
+            "workload=chatbot workload.classes=[{name:a,ttft_ms:200,ttft_slowdown:3}]",
+            "workload.classes[0] sets ttft_ms and ttft_slowdown; give exactly one of",
+        ),
+        (
+            "workload=chatbot workload.classes=[{name:a,ttft_ms:200,rounds:3}]",
+            "workload.classes[0].round_prompt_len is required when rounds=3 > 1",
+        ),
+        (
+            "workload=mixed workload.classes.1.name=chat",
+            "workload.classes[1].name='chat' is not unique",
+        ),
+        (
+            "workload=reasoning workload.classes.0.answer_tpot_ms=0",
+            "answer_tpot_ms=0.0 is invalid",
+        ),
+        (
+            "workload=tool-calling workload.classes.0.round_prompt_len.low=0",
+            "workload.classes[0].round_prompt_len: low=0, high=512 is invalid",
+        ),
     ],
 )
 def test_bad_overrides_fail_with_one_clear_line(compose, override: str, expected: str) -> None:

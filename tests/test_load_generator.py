@@ -164,6 +164,42 @@ def test_a_trace_drives_the_load_generator_and_the_sim_alike(compose, tmp_path) 
     assert [r.output_len for r in result.records] == [2 + i % 3 for i in range(12)]
     sends = np.array([r.send_time for r in result.records])
     assert sends == pytest.approx(np.arange(12) * 0.05, abs=0.01)
-    sim = evaluate([*overrides, "model=tiny-random", "hardware=cpu", "space=cpu-small"])
+    sim = evaluate([*overrides, "model=tiny-random", "hardware=cpu", "space=cpu-small",
+                    "knobs.max_model_len=2048", "knobs.max_num_batched_tokens=2048"])  # fmt: skip
     assert sim["crash"] is None and sim["metrics"]["num_requests"] == 12
     assert sim["metrics"]["completed"] == 12
+
+
+def test_multi_round_requests_chain_their_prompts_and_wait_for_the_round_before(compose) -> None:
+    from functools import partial
+
+    from sloguard.backends.sim import zero_load_ttft_ms
+    from sloguard.cli import evaluate
+
+    overrides = ["workload=tool-calling", "workload.num_requests=4", "workload.concurrency=2",
+                 "workload.classes.0.tool_latency_s=0.05"]  # fmt: skip
+    cfg = compose(*overrides)
+    workload = build_workload(cfg.workload, partial(zero_load_ttft_ms, cfg.model, cfg.hardware))
+    behavior = StubBehavior(ttft_s=0.02, itl_s=0.002)
+    result, _ = _run(behavior, workload)
+    assert len(result.records) == 12 and all(r.success for r in result.records)
+    by_prompt = {len(b["prompt"]): b["prompt"] for b in behavior.received}
+    for rid in range(4, 12):
+        before = int(workload.follows[rid])
+        prompt, previous = (
+            by_prompt[workload.prompt_lens[rid]],
+            by_prompt[workload.prompt_lens[before]],
+        )
+        assert prompt[: len(previous)] == previous  # the round before's prompt is its prefix
+        record = result.records[rid]
+        ended = result.records[before].token_times[-1]
+        assert record.scheduled_time == pytest.approx(ended + 0.05)
+        assert record.send_time >= ended + 0.05
+    # two sessions at a time: the third starts only when a whole session (3 rounds) has ended
+    session_ends = sorted(result.records[r].token_times[-1] for r in range(12) if
+                          workload.next_rounds()[r] < 0)  # fmt: skip
+    assert sorted(r.send_time for r in result.records[:4])[2] >= session_ends[0] - 1e-3
+    sim = evaluate([*overrides, "model=tiny-random", "hardware=cpu", "space=cpu-small",
+                    "knobs.max_model_len=2048", "knobs.max_num_batched_tokens=2048"])  # fmt: skip
+    assert sim["metrics"]["num_requests"] == 12 and sim["metrics"]["completed"] == 12
+    assert sim["metrics"]["class/agent/sessions"] == 4

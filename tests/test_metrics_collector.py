@@ -20,6 +20,7 @@ from sloguard.metrics_collector import (
     requests_table,
     summarize,
 )
+from sloguard.request_class import RequestClasses
 from sloguard.result import RequestRecord
 from sloguard.slo_contract import SloContract
 
@@ -134,3 +135,53 @@ def test_parse_startup_log_of_a_real_server() -> None:
     facts = parse_startup_log((DATA / "vllm_cpu_logs" / "served_ok.log").read_text())
     assert facts == {"kv_cache_tokens": 425088.0, "max_concurrency": 415.12, "init_engine_s": 0.84}
     assert parse_startup_log("nothing here") == {}
+
+
+def _classes(**arrays) -> RequestClasses:
+    n = len(arrays["class_ids"])
+    base = {
+        "ttft_ms": np.full(n, 100.0),
+        "tpot_ms": np.full(n, 50.0),
+        "answer_tpot_ms": np.full(n, 50.0),
+        "answer_from": np.full(n, 10),
+    }
+    return RequestClasses(names=("chat", "agent"), **{**base, **arrays})
+
+
+def _record(rid: int, send: float, ttft: float, gaps: list[float]) -> RequestRecord:
+    times = np.cumsum([send + ttft, *gaps])
+    return RequestRecord(rid, 8, len(times), send, send, token_times=times)
+
+
+def test_multi_slo_attainment_counts_sessions_per_class() -> None:
+    # chat requests 0 and 1 (1 misses its TTFT); agent session 2 has rounds 2 and 3 (3 stalls)
+    # and agent session 4 a single good round
+    records = [
+        _record(0, 0.0, 0.05, [0.01, 0.01]),
+        _record(1, 0.0, 0.15, [0.01, 0.01]),
+        _record(2, 0.0, 0.05, [0.01]),
+        _record(3, 1.0, 0.05, [0.4, 0.01]),
+        _record(4, 0.0, 0.05, [0.01, 0.01, 0.01]),
+    ]
+    classes = _classes(class_ids=np.array([0, 0, 1, 1, 1]), sessions=np.array([0, 1, 2, 2, 4]))
+    m = summarize(records, 2.0, SloContract(), classes)
+    assert m["attainment"] == pytest.approx(2 / 4)  # sessions 0 and 4 of 0, 1, 2, 4
+    assert m["request_goodput_rps"] == pytest.approx(2 / 2.0)
+    assert m["goodput_tok_s"] == pytest.approx((3 + 4) / 2.0)
+    assert m["class/chat/attainment"] == 0.5 and m["class/chat/sessions"] == 2
+    assert m["class/agent/attainment"] == 0.5 and m["class/agent/sessions"] == 2
+    assert m["class/agent/goodput_tok_s"] == pytest.approx(4 / 2.0)
+    assert m["class/chat/ttft_p50_ms"] == pytest.approx(100.0)
+    rows = requests_table(records, SloContract(), classes)
+    assert [r["good"] for r in rows] == [True, False, False, False, True]
+    assert [r["class"] for r in rows] == ["chat", "chat", "agent", "agent", "agent"]
+    assert [r["session"] for r in rows] == [0, 1, 2, 2, 4]
+
+
+def test_a_multi_slo_trial_is_feasible_at_the_attainment_target() -> None:
+    records = [_record(i, 0.0, 0.05 if i < 9 else 0.5, [0.01]) for i in range(10)]
+    classes = _classes(class_ids=np.zeros(10, int), sessions=np.arange(10))
+    at_90 = build_result({}, SloContract(attainment_target=0.9), records, 1.0, classes=classes)
+    assert at_90.feasible and at_90.utility == pytest.approx(18.0)  # 9 good x 2 tokens / 1 s
+    at_95 = build_result({}, SloContract(attainment_target=0.95), records, 1.0, classes=classes)
+    assert not at_95.feasible and at_95.utility == pytest.approx(-0.05)

@@ -123,3 +123,75 @@ def test_azure_shaped_workloads_match_the_published_statistics(
     # clipping to [low, high] trims the lognormal tail a little
     assert wl.prompt_lens.mean() == pytest.approx(prompt_mean, rel=0.06)
     assert wl.output_lens.mean() == pytest.approx(output_mean, rel=0.06)
+
+
+def _zero_load(compose, *overrides):
+    from functools import partial
+
+    from sloguard.backends.sim import zero_load_ttft_ms
+
+    cfg = compose(*overrides)
+    return cfg, partial(zero_load_ttft_ms, cfg.model, cfg.hardware)
+
+
+def test_mixed_classes_draw_their_own_lengths_and_slowdown_ttft_limits(compose) -> None:
+    cfg, zero_load = _zero_load(compose, "workload=mixed")
+    wl = build_workload(cfg.workload, zero_load)
+    classes = wl.classes
+    assert classes.names == ("chat", "code", "summary") and len(wl) == 300 and wl.follows.max() < 0
+    shares = np.bincount(classes.class_ids, minlength=3) / len(wl)
+    assert shares == pytest.approx([1 / 3] * 3, abs=0.08)
+    summary = classes.class_ids == 2
+    assert wl.prompt_lens[summary].min() >= 256 and wl.prompt_lens[summary].mean() > 1000
+    assert wl.prompt_lens[~summary].mean() < 700
+    slowdown = np.array([5.0, 5.0, 3.0])[classes.class_ids]
+    assert classes.ttft_ms == pytest.approx(slowdown * zero_load(wl.prompt_lens))
+    assert classes.tpot_ms.tolist() == [[100.0, 50.0, 100.0][k] for k in classes.class_ids]
+    assert (classes.answer_from == wl.output_lens).all()  # one decode stage
+    again = build_workload(cfg.workload, zero_load)
+    assert (again.prompt_lens == wl.prompt_lens).all()
+    assert (again.classes.ttft_ms == classes.ttft_ms).all()
+
+
+def test_tool_calling_rounds_extend_the_previous_prompt_and_take_the_final_slos(compose) -> None:
+    cfg, zero_load = _zero_load(compose, "workload=tool-calling", "workload.num_requests=50")
+    wl = build_workload(cfg.workload, zero_load)
+    c = wl.classes
+    assert len(wl) == 150 and wl.num_first == 50 and (wl.follows[:50] == -1).all()
+    nxt = wl.next_rounds()
+    for s in range(50):
+        second = nxt[s]
+        third = nxt[second]
+        assert nxt[third] == -1 and (c.sessions[[s, second, third]] == s).all()
+        for before, after in ((s, second), (second, third)):
+            assert wl.follows[after] == before
+            added = wl.prompt_lens[after] - wl.prompt_lens[before] - wl.output_lens[before]
+            assert 8 <= added <= 512  # round_prompt_len: the tool's result
+            assert wl.arrival_times[after] == pytest.approx(0.2)  # tool latency
+        assert c.tpot_ms[[s, second, third]].tolist() == [50.0, 50.0, 100.0]
+    assert c.ttft_ms == pytest.approx(3.0 * zero_load(wl.prompt_lens))
+
+
+def test_reasoning_streams_thinking_then_answer_tokens(compose) -> None:
+    cfg, zero_load = _zero_load(compose, "workload=reasoning", "workload.num_requests=40")
+    wl = build_workload(cfg.workload, zero_load)
+    c = wl.classes
+    thinking = c.answer_from
+    answer = wl.output_lens - thinking
+    assert (thinking >= 32).all() and (answer >= 8).all() and (answer <= 512).all()
+    assert set(c.tpot_ms) == {50.0} and set(c.answer_tpot_ms) == {100.0}
+
+
+def test_rescaling_the_rate_keeps_the_requests_and_the_tool_latencies(compose) -> None:
+    cfg, zero_load = _zero_load(compose, "workload=tool-calling", "workload.num_requests=50")
+    wl = build_workload(cfg.workload, zero_load)
+    fast = wl.at_rate(3 * wl.offered_rate())
+    assert fast.offered_rate() == pytest.approx(3 * wl.offered_rate())
+    assert (fast.arrival_times[50:] == wl.arrival_times[50:]).all()
+    assert np.diff(fast.arrival_times[:50]) == pytest.approx(np.diff(wl.arrival_times[:50]) / 3)
+    assert (fast.prompt_lens == wl.prompt_lens).all() and fast.classes is wl.classes
+
+
+def test_a_slowdown_ttft_needs_a_zero_load_model(compose) -> None:
+    with pytest.raises(ValueError, match="ttft_slowdown"):
+        build_workload(compose("workload=chatbot").workload)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import abc
 from typing import TYPE_CHECKING, Any
 
+from sloguard.result import TrialResult
+
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from pathlib import Path
 
     from omegaconf import DictConfig
 
-    from sloguard.result import TrialResult
     from sloguard.slo_contract import SloContract
     from sloguard.workload import Workload
 
@@ -61,6 +62,29 @@ class BaseBackend(abc.ABC):
             log_path: Where a real server's log goes (kept as the trial's artifact).
         """
 
+    def evaluate_adaptive(
+        self,
+        config: dict[str, Any],
+        next_workload: Callable[[list[TrialResult]], Workload | None],
+        slo: SloContract,
+        *,
+        seed: int,
+        log_path: Path | None = None,
+    ) -> list[TrialResult]:
+        """Serve loads one after another under one ``config``, each chosen from the results so far.
+
+        ``next_workload`` gets the results so far and returns the next load, or ``None`` to
+        stop; serving also stops at the first crash. A real backend launches the server once
+        for all of them (capacity search bisects the rate on one launch); by default each load
+        is an :meth:`evaluate` of its own.
+        """
+        results: list[TrialResult] = []
+        while (workload := next_workload(results)) is not None:
+            results.append(self.evaluate(config, workload, slo, seed=seed, log_path=log_path))
+            if results[-1].crash is not None:
+                break
+        return results
+
     def evaluate_many(
         self,
         config: dict[str, Any],
@@ -72,10 +96,21 @@ class BaseBackend(abc.ABC):
     ) -> list[TrialResult]:
         """Serve each of ``workloads`` in turn under one ``config``; one result each.
 
-        A real backend launches the server once for all of them (calibration probes several
-        loads per launch); by default each is an :meth:`evaluate` of its own.
+        Once one crashes, the later ones are not served and share its crash.
         """
-        return [
-            self.evaluate(config, workload, slo, seed=seed, log_path=log_path)
-            for workload in workloads
-        ]
+        pending = iter(workloads)
+        results = self.evaluate_adaptive(
+            config, lambda _: next(pending, None), slo, seed=seed, log_path=log_path
+        )
+        if results and results[-1].crash is not None:
+            last = results[-1]
+            results += [
+                TrialResult(
+                    dict(config),
+                    crash=last.crash,
+                    server=dict(last.server),
+                    server_log=last.server_log,
+                )
+                for _ in range(len(workloads) - len(results))
+            ]
+        return results

@@ -2,7 +2,7 @@
 
 from sloguard.backends.sim._engine import EngineRun, EngineSettings, run_engine
 from sloguard.backends.sim._memory import MemoryPlan, plan_memory
-from sloguard.backends.sim._roofline import StepTimeModel
+from sloguard.backends.sim._roofline import StepTimeModel, zero_load_ttft_ms
 from sloguard.backends.sim.backend import SimBackend
 
 __all__ = [
@@ -13,4 +13,5 @@ __all__ = [
     "StepTimeModel",
     "plan_memory",
     "run_engine",
+    "zero_load_ttft_ms",
 ]

@@ -6,7 +6,9 @@ and the token budget ``max_num_batched_tokens``. Without chunked prefill a promp
 whole or waits. KV lives in blocks of 16 tokens; when a running request needs a block and none is
 free, the newest running request is preempted and recomputed later, and no waiting request is
 admitted that step. With prefix caching, a request whose shared prefix is already cached skips
-computing it.
+computing it: a group's shared prefix, or for a later round of a multi-round request the prompt
+of the round before (whose prompt it starts with). A later round is sent when the round before
+ends plus its delay; the session keeps its client slot until its last round ends.
 
 Stretches of pure decode, where nothing can join or leave the batch and no block can run out,
 are advanced in one vectorised jump with the same arithmetic as step by step (the same floats).
@@ -14,6 +16,7 @@ are advanced in one vectorised jump with the same arithmetic as step by step (th
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
 from collections.abc import Callable
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sloguard.gpu_profile import BLOCK_SIZE
-from sloguard.result import RequestRecord
+from sloguard.result import RequestRecord, unsent_round_error
 from sloguard.workload import Workload
 
 _MIN_JUMP = 4  # shorter pure-decode stretches are cheaper step by step than vectorised
@@ -62,6 +65,7 @@ def run_engine(
     timeout_s: float,
     *,
     arrival_delay_s: float = 0.0,
+    arrival_delay_per_running_s: float = 0.0,
     fast_decode: bool = True,
 ) -> EngineRun:
     """Serve ``workload`` and return per-request records and engine counters.
@@ -75,14 +79,19 @@ def run_engine(
         timeout_s: Simulated time after which unfinished requests fail and the run stops.
         arrival_delay_s: Frontend latency: a request reaches the scheduler this long after it
             was sent (HTTP, tokenisation, the hop from the API server to the engine).
+        arrival_delay_per_running_s: Frontend latency added per sequence running when the
+            request is sent: an API server busy streaming their tokens takes longer to pass a
+            new request on.
         fast_decode: Jump over pure-decode stretches (off: every step on its own; same result).
     """
     n = len(workload)
+    n_first = workload.num_first
     prompt = workload.prompt_lens.tolist()
     target = workload.output_lens.tolist()
     due = workload.arrival_times.tolist()
-    groups = workload.prefix_groups.tolist()
-    prefix_tokens = (workload.shared_prefix_len // BLOCK_SIZE) * BLOCK_SIZE
+    next_round = workload.next_rounds().tolist()
+    hits, pubs = _prefix_keys(workload)
+    pub_at = [p[0][0] if p else math.inf for p in pubs]  # next publication threshold
     computed = [0] * n
     generated = [0] * n
     blocks = [0] * n
@@ -93,8 +102,9 @@ def run_engine(
     budget_cap = settings.max_num_batched_tokens
     free_blocks = total_blocks = settings.num_blocks
     slots = deque([0.0] * workload.concurrency) if workload.concurrency else None
-    cached_groups: set[int] = set()
-    inbox: deque[tuple[float, int]] = deque()  # (when the engine has it, request) in send order
+    cached: set[int] = set()  # prefix keys whose blocks are in the cache
+    inbox: list[tuple[float, int]] = []  # heap of (when the engine has it, request)
+    later: list[tuple[float, int]] = []  # heap of (when it is due, later round)
     waiting: deque[int] = deque()
     running: list[int] = []
     now = 0.0
@@ -107,41 +117,68 @@ def run_engine(
     decode_times = getattr(step_time, "decode", None) or _step_by_step(step_time)
     last_step = 0.0
 
+    def end_session(rid: int, when: float) -> int:
+        """``rid`` ended at ``when``: send its next round later, or free the client's slot.
+
+        A failed round fails the rounds after it; returns how many that is.
+        """
+        nxt = next_round[rid]
+        if nxt >= 0 and errors[rid] is None:
+            heapq.heappush(later, (when + due[nxt], nxt))
+            return 0
+        failed = 0
+        while nxt >= 0:
+            errors[nxt] = unsent_round_error(rid)
+            nxt, failed = next_round[nxt], failed + 1
+        if slots is not None:
+            slots.append(when)
+        return failed
+
+    def _send(rid: int) -> int:
+        """The client sends ``rid``: to the engine, or refused; returns how many rounds ended."""
+        if prompt[rid] + target[rid] <= settings.max_model_len:
+            delay = arrival_delay_s + arrival_delay_per_running_s * len(running)
+            heapq.heappush(inbox, (send[rid] + delay, rid))
+            return 0
+        errors[rid] = (
+            f"HTTP 400: This model's maximum context length is {settings.max_model_len} "
+            f"tokens. However, you requested {prompt[rid] + target[rid]} tokens."
+        )
+        return 1 + end_session(rid, send[rid])
+
     while finished < n:
-        # the client sends every request that is due and has a free slot
-        while next_send < n and due[next_send] <= now and (slots is None or slots):
+        # the client sends every request that is due (and has a free slot), then later rounds
+        while next_send < n_first and due[next_send] <= now and (slots is None or slots):
             rid = next_send
             next_send += 1
             send[rid] = max(due[rid], slots.popleft()) if slots is not None else due[rid]
-            if prompt[rid] + target[rid] > settings.max_model_len:
-                errors[rid] = (
-                    f"HTTP 400: This model's maximum context length is "
-                    f"{settings.max_model_len} tokens. However, you requested "
-                    f"{prompt[rid] + target[rid]} tokens."
-                )
-                finished += 1
-                if slots is not None:
-                    slots.append(send[rid])
-                continue
-            inbox.append((send[rid] + arrival_delay_s, rid))
+            finished += _send(rid)
+        while later and later[0][0] <= now:
+            send_at, rid = heapq.heappop(later)
+            due[rid] = send[rid] = send_at
+            finished += _send(rid)
         while inbox and inbox[0][0] <= now:
-            waiting.append(inbox.popleft()[1])
+            waiting.append(heapq.heappop(inbox)[1])
         if not running and not waiting:
-            if inbox:
-                now = max(now, inbox[0][0])  # idle until the engine has the next request
-                continue
-            if next_send >= n:
+            idle_until = min(
+                inbox[0][0] if inbox else math.inf,  # the engine has the next request
+                due[next_send] if next_send < n_first and (slots is None or slots) else math.inf,
+                later[0][0] if later else math.inf,
+            )
+            if idle_until == math.inf:
                 break
-            now = max(now, due[next_send])  # idle until the next request is due
+            now = max(now, idle_until)
             continue
         if now > timeout_s:
             break
 
         # --- a stretch of pure decode: advance every running request by k tokens at once
         nrun = len(running)
-        horizon = due[next_send] if next_send < n and (slots is None or slots) else math.inf
-        if inbox:
-            horizon = min(horizon, inbox[0][0])
+        horizon = min(
+            due[next_send] if next_send < n_first and (slots is None or slots) else math.inf,
+            inbox[0][0] if inbox else math.inf,
+            later[0][0] if later else math.inf,
+        )
         k = 0
         if (
             fast_decode
@@ -176,8 +213,8 @@ def run_engine(
                 grown = -(-computed[rid] // BLOCK_SIZE)
                 free_blocks -= grown - blocks[rid]
                 blocks[rid] = grown
-                if groups[rid] >= 0 and computed[rid] >= prefix_tokens:
-                    cached_groups.add(groups[rid])
+                if computed[rid] >= pub_at[rid]:
+                    pub_at[rid] = _publish(pubs[rid], computed[rid], cached)
             steps += k
             batch_tokens += nrun * k
             peak_used = max(peak_used, total_blocks - free_blocks)
@@ -185,9 +222,7 @@ def run_engine(
             for rid in finished_now:
                 free_blocks += blocks[rid]
                 blocks[rid] = 0
-                finished += 1
-                if slots is not None:
-                    slots.append(now)
+                finished += 1 + end_session(rid, now)
             if finished_now:
                 running = [r for r in running if generated[r] < target[r]]
             continue
@@ -234,10 +269,10 @@ def run_engine(
                 rid = waiting[0]
                 seq = prompt[rid] + generated[rid]
                 start = computed[rid]
-                if settings.enable_prefix_caching and start == 0 and groups[rid] >= 0:
-                    prefix_queries += prefix_tokens
-                    if groups[rid] in cached_groups:
-                        start = min(prefix_tokens, seq - 1)
+                if settings.enable_prefix_caching and start == 0 and hits[rid]:
+                    prefix_queries += hits[rid][-1][0]
+                    hit = max((length for length, key in hits[rid] if key in cached), default=0)
+                    start = min(hit, seq - 1)
                 need = seq - start
                 if not settings.enable_chunked_prefill and need > budget:
                     break
@@ -277,15 +312,13 @@ def run_engine(
             if computed[rid] == prompt[rid] + generated[rid]:
                 generated[rid] += 1
                 token_times[rid].append(now)
-                if groups[rid] >= 0 and computed[rid] >= prefix_tokens:
-                    cached_groups.add(groups[rid])
+                if computed[rid] >= pub_at[rid]:
+                    pub_at[rid] = _publish(pubs[rid], computed[rid], cached)
                 if generated[rid] == target[rid]:
                     free_blocks += blocks[rid]
                     blocks[rid] = 0
-                    finished += 1
+                    finished += 1 + end_session(rid, now)
                     done_any = True
-                    if slots is not None:
-                        slots.append(now)
         if done_any:
             running = [r for r in running if generated[r] < target[r]]
 
@@ -317,6 +350,39 @@ def run_engine(
         mean_batch_tokens=batch_tokens / steps if steps else 0.0,
         prefix_cache_hit_rate=prefix_hits / prefix_queries if prefix_queries else 0.0,
     )
+
+
+def _prefix_keys(
+    workload: Workload,
+) -> tuple[list[list[tuple[int, int]]], list[list[tuple[int, int]]]]:
+    """Per request, the cached prefixes it may reuse and those it puts in the cache.
+
+    Each is a list of (tokens, key), shortest first. A group's shared prefix is key ``group``;
+    the prompt of a round that another round follows is key ``-1 - index`` (whole blocks only).
+    """
+    prefix = (workload.shared_prefix_len // BLOCK_SIZE) * BLOCK_SIZE
+    groups = workload.prefix_groups.tolist()
+    follows = workload.follows.tolist() if workload.follows is not None else [-1] * len(workload)
+    chained = {f for f in follows if f >= 0}
+    whole = [(p // BLOCK_SIZE) * BLOCK_SIZE for p in workload.prompt_lens.tolist()]
+    hits: list[list[tuple[int, int]]] = []
+    pubs: list[list[tuple[int, int]]] = []
+    for rid, group in enumerate(groups):
+        shared = [(prefix, group)] if group >= 0 and prefix else []
+        before = follows[rid]
+        hits.append(sorted(shared + ([(whole[before], -1 - before)] if before >= 0 else [])))
+        own = [(whole[rid], -1 - rid)] if rid in chained and whole[rid] else []
+        pubs.append(sorted(shared + own))
+    return hits, pubs
+
+
+def _publish(pubs: list[tuple[int, int]], computed: int, cached: set[int]) -> float:
+    """Cache every prefix of ``pubs`` that ``computed`` tokens cover; the next threshold."""
+    for length, key in pubs:
+        if length > computed:
+            return length
+        cached.add(key)
+    return math.inf
 
 
 def _step_by_step(

@@ -110,3 +110,24 @@ class StepTimeModel:
             return work + (self.graph_overhead + self.graph_seq_overhead * num_sampled) * jitter
         work = maximum(compute, memory)
         return work + (self.eager_overhead + self.seq_overhead * num_sampled) * jitter
+
+
+# the reference for "zero-load" latency: eager steps, no quantization, one sequence; fixed so
+# that a slowdown SLO does not move with the configuration being tuned
+_ZERO_LOAD_KNOBS: dict[str, Any] = {
+    "quantization": "fp16",
+    "enforce_eager": True,
+    "max_num_seqs": 1,
+}
+
+
+def zero_load_ttft_ms(model: DictConfig, hw: DictConfig, prompt_lens: np.ndarray) -> np.ndarray:
+    """TTFT of each prompt served alone: the frontend delay plus one whole-prompt prefill step.
+
+    SLOs-Serve sets TTFT limits as multiples of this (the hardware config's roofline, calibrated
+    for the CPU build; fixed reference knobs, no noise).
+    """
+    step = StepTimeModel(model, hw, _ZERO_LOAD_KNOBS)
+    lens = np.asarray(prompt_lens, dtype=float)
+    seconds = np.array([step(int(p), 1, p * (p + 1) / 2, 0) for p in lens])
+    return hw.request_overhead_ms + 1e3 * seconds

@@ -77,6 +77,7 @@ class SimBackend(BaseBackend):
             make_jitter(rng, step_noise(self.cfg)),
             backend.timeout_s,
             arrival_delay_s=hw.request_overhead_ms * 1e-3,
+            arrival_delay_per_running_s=hw.stream_overhead_ms * 1e-3,
         )
         server.update(
             num_steps=run.num_steps,
@@ -102,4 +103,12 @@ class SimBackend(BaseBackend):
                 "RuntimeError: CUDA error: an illegal memory access was encountered",
                 phase="load",
             )
-        return build_result(config, slo, run.records, run.duration_s, crash=crash, server=server)
+        return build_result(
+            config,
+            slo,
+            run.records,
+            run.duration_s,
+            crash=crash,
+            server=server,
+            classes=workload.classes,
+        )

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +35,7 @@ from sloguard.metrics_collector import (
 from sloguard.workload import Workload
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable
 
     from omegaconf import DictConfig
 
@@ -130,18 +131,19 @@ class VllmBackend(BaseBackend):
     ) -> TrialResult:
         return self.evaluate_many(config, [workload], slo, seed=seed, log_path=log_path)[0]
 
-    def evaluate_many(
+    def evaluate_adaptive(
         self,
         config: dict[str, Any],
-        workloads: Sequence[Workload],
+        next_workload: Callable[[list[TrialResult]], Workload | None],
         slo: SloContract,
         *,
         seed: int,
         log_path: Path | None = None,
     ) -> list[TrialResult]:
-        """One server launch serves every workload in turn (warm-up once, before the first).
+        """One server launch serves every load in turn (warm-up once, before the first).
 
-        Once one load fails, the later ones are not sent and share its crash.
+        A startup failure gives one crashed result; a load that fails ends the launch and its
+        result carries the crash.
         """
         backend = self.cfg.backend
         if log_path is None:
@@ -152,7 +154,7 @@ class VllmBackend(BaseBackend):
         env = {**os.environ, **{str(k): str(v) for k, v in backend.env.items()}}
         wall = time.perf_counter()
         facts: dict[str, float] = {}
-        measured: list[tuple[LoadResult, ServerMetrics, float]] = []
+        measured: list[_Measured] = []
         failure: str | None = None
         with terminate_raises():
             server = ServerProcess(
@@ -168,7 +170,7 @@ class VllmBackend(BaseBackend):
                 facts["startup_s"] = time.perf_counter() - server.started
                 if state == "ready":
                     failure = self._measure(
-                        server, port, workloads, measured, facts, int(config["max_model_len"])
+                        server, port, next_workload, measured, facts, config, slo
                     )
                 else:
                     failure = state
@@ -177,37 +179,43 @@ class VllmBackend(BaseBackend):
                 facts["teardown_s"] = server.stop(backend.shutdown_grace_s)
                 self.server = None
         facts.update(parse_startup_log(server.log_text()))
-        load_s = sum(seconds for _, _, seconds in measured)
+        load_s = sum(m.seconds for m in measured)
         facts["harness_overhead_s"] = time.perf_counter() - wall - facts["startup_s"] - load_s
-        crash = self._crash(failure, server, exit_code, measured[-1][0] if measured else None)
+        crash = self._crash(failure, server, exit_code, measured[-1].load if measured else None)
         results = []
-        for i in range(len(workloads)):
-            load, metrics, seconds = measured[i] if i < len(measured) else (None, None, 0.0)
-            server_facts = {**facts, **(metrics.summary() if metrics else {}), "load_s": seconds}
+        for i, m in enumerate(measured or [None]):
+            server_facts = {
+                **facts,
+                **(m.metrics.summary() if m else {}),
+                "load_s": (m.seconds if m else 0.0),
+            }
             result = build_result(
                 config,
                 slo,
-                load.records if load else (),
-                load.duration_s if load else 0.0,
-                crash=crash if i >= len(measured) - 1 else None,
+                m.load.records if m else (),
+                m.load.duration_s if m else 0.0,
+                crash=crash if i == len(measured) - 1 or not m else None,
                 server={k: round(v, 4) for k, v in server_facts.items()},
+                classes=m.workload.classes if m else None,
             )
             result.server_log = str(log_path)
             results.append(result)
-        return results
+        return results if measured or crash else []
 
     def _measure(
         self,
         server: ServerProcess,
         port: int,
-        workloads: Sequence[Workload],
-        measured: list[tuple[LoadResult, ServerMetrics, float]],
+        next_workload: Callable[[list[TrialResult]], Workload | None],
+        measured: list[_Measured],
         facts: dict[str, float],
-        max_model_len: int,
+        config: dict[str, Any],
+        slo: SloContract,
     ) -> str | None:
         """Warm up, then each measurement window in turn; returns the first failure seen.
 
-        Appends (load, server metrics, seconds) to ``measured`` for every load that ran.
+        Appends every load that ran to ``measured``; ``next_workload`` sees each one's result
+        (without server facts) before choosing the next.
         """
         backend = self.cfg.backend
         settings = LoadSettings(
@@ -220,16 +228,20 @@ class VllmBackend(BaseBackend):
         )
         if backend.warmup_requests > 0:
             start = time.perf_counter()
-            warmup = _warmup_workload(backend.warmup_requests, max_model_len)
+            warmup = _warmup_workload(backend.warmup_requests, int(config["max_model_len"]))
             warm = asyncio.run(generate(warmup, settings))
             facts["warmup_s"] = time.perf_counter() - start
             if warm.errors:
                 return _server_state(server) or "warmup_failed"
-        for workload in workloads:
+        seen: list[TrialResult] = []
+        while (workload := next_workload(seen)) is not None:
             metrics = ServerMetrics()
             start = time.perf_counter()
             load = asyncio.run(self._load(settings, workload, metrics))
-            measured.append((load, metrics, time.perf_counter() - start))
+            measured.append(_Measured(workload, load, metrics, time.perf_counter() - start))
+            seen.append(
+                build_result(config, slo, load.records, load.duration_s, classes=workload.classes)
+            )
             state = _server_state(server)
             if state:
                 return state
@@ -304,6 +316,16 @@ class VllmBackend(BaseBackend):
             )
         phase = "startup" if load is None else "load"
         return classify(server.log_text(), exit_code, phase=phase, http_errors=errors)
+
+
+@dataclass
+class _Measured:
+    """One load served on a launch: what was sent, what came back, the server's side, time."""
+
+    workload: Workload
+    load: LoadResult
+    metrics: ServerMetrics
+    seconds: float
 
 
 def _server_state(server: ServerProcess) -> str | None:

@@ -185,3 +185,77 @@ def test_fast_decode_with_a_plain_step_function_and_a_timeout() -> None:
         r.token_times.tolist() for r in runs[1].records
     ]
     assert runs[0].num_steps == runs[1].num_steps
+
+
+def _rounds(prompts, outputs, due, follows, concurrency=0) -> Workload:
+    """Multi-round requests: ``follows[i]`` is the round ``i`` follows (-1: a first round)."""
+    wl = _workload(prompts, outputs, due, concurrency)
+    return Workload(
+        wl.prompt_lens, wl.output_lens, wl.arrival_times, concurrency, wl.prefix_groups,
+        follows=np.array(follows),
+    )  # fmt: skip
+
+
+def test_a_later_round_is_sent_when_the_round_before_ends_plus_the_tool_latency() -> None:
+    wl = _rounds([8, 30], [2, 2], [0.0, 0.1], [-1, 0])
+    run = run_engine(wl, _settings(), _const(), np.ones(1), 60.0)
+    first, second = run.records
+    assert first.token_times.tolist() == pytest.approx([0.01, 0.02])
+    assert second.send_time == pytest.approx(0.12)  # ended at 0.02, tool took 0.1
+    assert second.token_times.tolist() == pytest.approx([0.13, 0.14])
+
+
+def test_a_session_keeps_its_client_slot_through_all_its_rounds() -> None:
+    # two sessions of two rounds each, one client slot: B starts only after A's last round
+    wl = _rounds([8, 8, 20, 20], [2, 2, 2, 2], [0.0, 0.0, 0.05, 0.05], [-1, -1, 0, 1], 1)
+    run = run_engine(wl, _settings(), _const(), np.ones(1), 60.0)
+    a1, b1, a2, b2 = run.records
+    assert a2.send_time == pytest.approx(a1.token_times[-1] + 0.05)
+    assert b1.send_time == pytest.approx(a2.token_times[-1])
+    assert b2.send_time == pytest.approx(b1.token_times[-1] + 0.05)
+
+
+def test_a_later_round_reuses_the_cached_prompt_of_the_round_before() -> None:
+    tokens: list[int] = []
+    step = lambda t, s, p, c, j: tokens.append(t) or 0.01  # noqa: E731
+    wl = _rounds([40, 60], [2, 2], [0.0, 0.0], [-1, 0])
+    for caching in (True, False):
+        tokens.clear()
+        run = run_engine(wl, _settings(enable_prefix_caching=caching), step, np.ones(1), 60.0)
+        # round 2's prompt starts with round 1's 40 tokens: 32 of them fill whole blocks
+        assert tokens == [40, 1, 60 - 32 if caching else 60, 1]
+        assert run.prefix_cache_hit_rate == pytest.approx(1.0 if caching else 0.0)
+
+
+def test_a_failed_round_fails_the_rounds_after_it_and_frees_the_slot() -> None:
+    wl = _rounds([8, 8, 120, 200], [2, 2, 2, 2], [0.0, 0.0, 0.0, 0.0], [-1, -1, 0, 2], 1)
+    run = run_engine(wl, _settings(max_model_len=100), _const(), np.ones(1), 60.0)
+    a1, b1, a2, a3 = run.records
+    assert a1.success and b1.success and not a2.success and not a3.success
+    assert a2.error.startswith("HTTP 400")
+    assert a3.error == "not sent: an earlier round (request 2) failed"
+    assert b1.send_time == pytest.approx(a1.token_times[-1])  # the slot freed when a2 failed
+
+
+@pytest.mark.parametrize("concurrency", [0, 3])
+def test_fast_decode_is_exact_for_multi_round_requests(compose, concurrency) -> None:
+    from sloguard.backends.sim import StepTimeModel
+    from sloguard.backends.sim._engine import make_jitter
+    from sloguard.workload import build_workload
+
+    cfg = compose(
+        "workload=tool-calling", "workload.num_requests=40", f"workload.concurrency={concurrency}"
+    )
+    wl = build_workload(cfg.workload, lambda p: np.full(len(p), 50.0))
+    step = StepTimeModel(cfg.model, cfg.hardware, {"quantization": "fp16", "enforce_eager": False,
+                                                   "max_num_seqs": 8})  # fmt: skip
+    jitter = make_jitter(np.random.default_rng(1), 0.05, size=97)
+    fast, slow = (
+        run_engine(wl, _settings(enable_prefix_caching=True), step, jitter, 600.0, fast_decode=f)
+        for f in (True, False)
+    )
+    assert len(fast.records) == 120 and all(r.success for r in fast.records)
+    for a, b in zip(fast.records, slow.records, strict=True):
+        assert a.send_time == b.send_time
+        assert a.token_times.tolist() == b.token_times.tolist()
+    assert fast.prefix_cache_hit_rate == slow.prefix_cache_hit_rate > 0

@@ -269,3 +269,40 @@ def test_interrupting_the_tuner_leaves_no_server(
     tuner.wait(timeout=60)
     assert tuner.returncode != 0
     assert_group_gone(pid)
+
+
+@pytest.mark.vllm
+def test_capacity_of_multi_round_requests_on_one_real_server(vllm_python) -> None:
+    from sloguard.cli import evaluate
+
+    workload = [
+        "workload=tool-calling", "workload.num_requests=12", "workload.request_rate=4",
+        "workload.prompt_len={dist:fixed,mean:64,low:1,high:64}",
+        "workload.output_len={dist:fixed,mean:16,low:1,high:16}",
+        "workload.classes.0.round_prompt_len={dist:fixed,mean:32,low:1,high:32}",
+        "workload.classes.0.final_output_len=null", "workload.classes.0.tool_latency_s=0.05",
+        "workload.classes.0.ttft_slowdown=null", "workload.classes.0.ttft_ms=1500",
+        "workload.classes.0.tpot_ms=150", "workload.classes.0.final_tpot_ms=150",
+        "objective=capacity", "capacity.max_probes=4", "capacity.rel_tol=0.5",
+    ]  # fmt: skip
+    knobs = ["knobs.enable_prefix_caching=true", "knobs.gpu_memory_utilization=0.15"]
+    out = evaluate([*REAL, *workload, *knobs])
+    m, server = out["metrics"], out["server"]
+    assert out["crash"] is None, out["crash"]
+    rates = [m[f"capacity/probe_{i}/rate_rps"] for i in range(int(m["capacity_probes"]))]
+    shares = [m[f"capacity/probe_{i}/attainment"] for i in range(len(rates))]
+    assert 2 <= len(rates) <= 4 and rates[0] == pytest.approx(4.0, rel=0.3)
+    if shares[0] >= 0.9:  # doubled until a rate failed, or halved until one passed
+        assert rates[1] == pytest.approx(2 * rates[0])
+    else:
+        assert rates[1] == pytest.approx(rates[0] / 2)
+    passing = [r for r, s in zip(rates, shares, strict=True) if s >= 0.9]
+    assert m["capacity_rps"] == (max(passing) if passing else 0.0)
+    assert out["feasible"] == bool(passing)
+    # one launch served every probe; the chosen load's 36 requests (12 x 3 rounds) all ran
+    assert server["startup_s"] > 0 and m["num_requests"] == 36
+    assert m["class/agent/sessions"] == 12
+    # later rounds start with the round before's prompt: the real prefix cache hits
+    assert server["prefix_cache_hit_rate"] > 0.2
+    text = Path(out["server_log"]).read_text()
+    assert text.count("Starting vLLM server") == 1 and text.count("KV cache size") == 1

@@ -1,0 +1,183 @@
+"""Capacity: the highest request rate at which a configuration meets the attainment target.
+
+DistServe and SLOs-Serve rank serving systems by it: the rate at which at least 90% of requests
+(a configurable target) meet their SLOs. One configuration's capacity is searched on one server
+launch: from the workload's own rate, double or halve the rate until a passing and a failing
+rate bracket the capacity, then bisect the bracket geometrically. Halving stops early when a
+lower rate does not raise the attainment although the server kept up with the higher one: the
+shortfall then is not the load's doing (requests longer than ``max_model_len``, SLOs the hardware
+cannot meet even alone). No rate is tried whose
+arrivals alone would outlast half the load-phase limit. Every probe serves the same requests with
+arrivals rescaled (:meth:`~sloguard.workload.Workload.at_rate`), so the shape of
+the arrivals (Poisson, bursty, a trace) is kept.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
+
+from sloguard.crash_classifier import CrashCategory
+from sloguard.result import TrialResult
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from sloguard.workload import Workload
+
+_FLAT = 0.005  # halving the rate raised attainment by no more than this: load is not the cause
+_KEPT_UP = 1.5  # a load that ended within this factor of its arrival span was kept up with
+
+
+class Probe(NamedTuple):
+    """One load of the search: its rate, its attainment, whether the server kept up with it."""
+
+    rate: float
+    attainment: float
+    kept_up: bool = False
+
+
+@dataclass(frozen=True)
+class CapacitySearch:
+    """Where to look for the capacity and when to stop.
+
+    Args:
+        start_rps: The first rate tried (the workload's own).
+        min_rps: No rate below this is tried; failing here means no capacity.
+        max_rps: No rate above this is tried; passing here reports it as the capacity.
+        rel_tol: Stop once the failing rate is within this factor of the passing one.
+        max_probes: Stop after this many loads.
+        target: Share of requests that must meet their SLOs for a rate to pass.
+    """
+
+    start_rps: float
+    min_rps: float = 0.05
+    max_rps: float = 1000.0
+    rel_tol: float = 0.05
+    max_probes: int = 10
+    target: float = 0.9
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, workload: Workload) -> CapacitySearch:
+        """The search of the ``capacity`` config group, from the workload's own rate.
+
+        That is its configured rate for drawn arrivals, a trace's mean rate for a trace.
+        """
+        cap = cfg.capacity
+        spread = workload.num_first / (0.5 * cfg.backend.timeout_s)  # slowest rate that can end
+        drawn = cfg.workload.arrival in ("poisson", "gamma")
+        return cls(
+            start_rps=cfg.workload.request_rate if drawn else workload.offered_rate(),
+            min_rps=min(max(cap.min_rps, spread), cap.max_rps),
+            max_rps=cap.max_rps,
+            rel_tol=cap.rel_tol,
+            max_probes=cap.max_probes,
+            target=cfg.slo.attainment_target,
+        )
+
+    def next_rate(self, probes: Sequence[Probe]) -> float | None:
+        """The next rate to try given the probes so far; ``None`` when the search is done."""
+        if not probes:
+            return min(max(self.start_rps, self.min_rps), self.max_rps)
+        if len(probes) >= self.max_probes:
+            return None
+        low = max((p.rate for p in probes if self.passes(p.attainment)), default=None)
+        if low is None:
+            lowest, *rest = sorted(probes)
+            flat = (
+                bool(rest) and rest[0].kept_up and lowest.attainment <= rest[0].attainment + _FLAT
+            )
+            if flat or lowest.rate <= self.min_rps:
+                return None
+            return max(lowest.rate / 2.0, self.min_rps)
+        failed = [p.rate for p in probes if not self.passes(p.attainment) and p.rate > low]
+        high = min(failed, default=None)
+        if high is None:
+            return None if low >= self.max_rps else min(low * 2.0, self.max_rps)
+        return None if high <= low * (1.0 + self.rel_tol) else math.sqrt(low * high)
+
+    def passes(self, share: float) -> bool:
+        """Whether an attainment meets the target."""
+        return share >= self.target - 1e-12
+
+
+def attainment(result: TrialResult) -> float:
+    """A probe's attainment; 0 when it crashed."""
+    return 0.0 if result.crash is not None else result.metrics.get("attainment", 0.0)
+
+
+def probe(rate: float, workload: Workload, result: TrialResult) -> Probe:
+    """What the search needs of one load's result at ``rate``."""
+    span = (workload.num_first - 1) / rate
+    duration = result.metrics.get("duration_s", math.inf)
+    return Probe(rate, attainment(result), result.crash is None and duration <= _KEPT_UP * span)
+
+
+def search_capacity(
+    search: CapacitySearch,
+    workload: Workload,
+    serve: Callable[[Callable[[list[TrialResult]], Workload | None]], list[TrialResult]],
+) -> TrialResult:
+    """Run the search through ``serve`` and fold its probes into one trial result.
+
+    Args:
+        search: Where to look and when to stop.
+        workload: The requests; each probe rescales their arrivals.
+        serve: Serves loads chosen one by one from the results so far (a backend's
+            ``evaluate_adaptive`` bound to a configuration).
+
+    Returns:
+        The result of the highest passing rate (the best attainment when none passed) with
+        ``capacity_rps``, ``capacity_probes`` and each probe's rate and attainment added to its
+        metrics. The trial is feasible when some rate passed, and its utility is the capacity;
+        otherwise the utility is minus the attainment shortfall. A crash other than a load
+        timeout (which only means the rate was too high) makes the trial a crash.
+    """
+    rates: list[float] = []
+
+    def next_workload(results: list[TrialResult]) -> Workload | None:
+        rate = search.next_rate(
+            [probe(r, workload, res) for r, res in zip(rates, results, strict=True)]
+        )
+        if rate is None or (results and _fatal(results[-1])):
+            return None
+        rates.append(rate)
+        return workload.at_rate(rate)
+
+    results = serve(next_workload)
+    probes = list(zip(rates, results, strict=False))
+    fatal = next((res for _, res in probes if _fatal(res)), None)
+    passed = [(rate, res) for rate, res in probes if search.passes(attainment(res))]
+    best = max(probes, key=lambda p: (attainment(p[1]), -p[0]))
+    rate, chosen = max(passed, key=lambda p: p[0]) if passed else best
+    capacity = rate if passed else 0.0
+    metrics = dict(chosen.metrics)
+    metrics.update(capacity_rps=capacity, capacity_probes=float(len(probes)))
+    for i, (r, res) in enumerate(probes):
+        metrics[f"capacity/probe_{i}/rate_rps"] = r
+        metrics[f"capacity/probe_{i}/attainment"] = attainment(res)
+    result = TrialResult(
+        config=chosen.config,
+        metrics=metrics,
+        server=chosen.server,
+        requests=chosen.requests,
+        server_log=chosen.server_log,
+    )
+    if fatal is not None:
+        result.crash = fatal.crash
+    elif passed:
+        result.feasible, result.utility = True, capacity
+    else:
+        result.utility = -(search.target - metrics.get("attainment", 0.0))
+    return result
+
+
+def _fatal(result: TrialResult) -> bool:
+    """A crash that ends the search: anything but a load that timed out or hung (overload)."""
+    crash = result.crash
+    overload = (
+        crash is not None and crash.category is CrashCategory.TIMEOUT and crash.phase == "load"
+    )
+    return crash is not None and not overload

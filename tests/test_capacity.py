@@ -1,0 +1,94 @@
+import pytest
+
+from sloguard.capacity import CapacitySearch, Probe
+from sloguard.cli import evaluate
+
+
+def _walk(search: CapacitySearch, capacity: float, flat_at: float | None = None) -> list:
+    """Drive the search against a server that passes every rate up to ``capacity``.
+
+    Past it attainment falls with the rate and the server falls behind; with ``flat_at`` the
+    attainment is that at every rate and the server keeps up (failures not due to load).
+    """
+    probes: list[Probe] = []
+    while (rate := search.next_rate(probes)) is not None:
+        if flat_at is not None:
+            probes.append(Probe(rate, flat_at, kept_up=True))
+        else:
+            share = 0.95 if rate <= capacity else 0.85 * capacity / rate
+            probes.append(Probe(rate, share, kept_up=rate <= capacity))
+    return probes
+
+
+def test_doubles_to_a_bracket_then_bisects_within_the_tolerance() -> None:
+    search = CapacitySearch(start_rps=10.0, rel_tol=0.05, max_probes=20)
+    probes = _walk(search, capacity=57.0)
+    assert [p.rate for p in probes[:4]] == [10.0, 20.0, 40.0, 80.0]  # bracket (40, 80)
+    passed = max(p.rate for p in probes if p.attainment >= 0.9)
+    failed = min(p.rate for p in probes if p.attainment < 0.9 and p.rate > passed)
+    assert passed <= 57.0 < failed <= passed * 1.05
+    assert len(probes) <= 4 + 5  # log2(log(2) / log(1.05)) = 3.8 bisections
+
+
+def test_halves_when_the_first_rate_fails_and_stops_at_the_limits() -> None:
+    probes = _walk(CapacitySearch(start_rps=10.0, rel_tol=0.1, max_probes=20), capacity=1.5)
+    assert [p.rate for p in probes[:4]] == [10.0, 5.0, 2.5, 1.25]
+    assert max(p.rate for p in probes if p.attainment >= 0.9) <= 1.5
+    below = _walk(CapacitySearch(start_rps=1.0, min_rps=0.25), capacity=0.01)
+    assert [p.rate for p in below] == [1.0, 0.5, 0.25]  # no rate passes: capacity 0
+    above = _walk(CapacitySearch(start_rps=100.0, max_rps=300.0), capacity=1e9)
+    assert [p.rate for p in above] == [100.0, 200.0, 300.0]  # reported as 300, the ceiling
+    capped = _walk(CapacitySearch(start_rps=1.0, max_probes=3, rel_tol=1e-6), capacity=1.7)
+    assert len(capped) == 3
+
+
+def test_stops_halving_when_a_lower_rate_does_not_raise_attainment() -> None:
+    probes = _walk(CapacitySearch(start_rps=10.0), capacity=0.0, flat_at=0.8)
+    assert [p.rate for p in probes] == [10.0, 5.0]
+    # the same flat attainment from a server that fell behind: keep halving
+    behind = [Probe(10.0, 0.02, kept_up=False), Probe(5.0, 0.02, kept_up=False)]
+    assert CapacitySearch(start_rps=10.0).next_rate(behind) == 2.5
+
+
+def test_capacity_on_the_simulator_is_the_highest_passing_rate() -> None:
+    common = ["workload=chatbot", "objective=capacity", "capacity.rel_tol=0.1"]
+    out = evaluate(common)
+    m = out["metrics"]
+    cap = m["capacity_rps"]
+    probes = [
+        (m[f"capacity/probe_{i}/rate_rps"], m[f"capacity/probe_{i}/attainment"])
+        for i in range(int(m["capacity_probes"]))
+    ]
+    assert out["feasible"] and out["utility"] == cap and cap > 0
+    assert (cap, m["attainment"]) in probes and m["attainment"] >= 0.9
+    failing_above = min(r for r, share in probes if share < 0.9 and r > cap)
+    assert failing_above <= cap * 1.1
+    assert m["class/chat/attainment"] == m["attainment"]
+    # a smaller batch cap serves fewer requests per second within the SLOs
+    small = evaluate([*common, "knobs.max_num_seqs=4"])["metrics"]["capacity_rps"]
+    assert 0 < small < cap / 2
+
+
+def test_a_startup_crash_ends_the_search_as_the_trials_crash() -> None:
+    out = evaluate(["workload=chatbot", "objective=capacity", "space.repair=false",
+                    "knobs.gpu_memory_utilization=0.05"])  # fmt: skip
+    assert out["crash"]["category"] == "oom" and out["utility"] is None
+    assert out["metrics"]["capacity_probes"] == 1 and out["metrics"]["capacity_rps"] == 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["objective=fastest"], "objective='fastest' is not known; choose one of: goodput"),
+        (["objective=capacity", "workload=chat"], "objective=capacity needs open-loop arrivals"),
+        (["objective=capacity", "workload=chatbot", "capacity.max_rps=0.01"],
+         "capacity.max_rps=0.01 is invalid"),
+        (["slo.attainment_target=1.5"], "slo.attainment_target=1.5 is invalid; it must be in"),
+    ],
+)  # fmt: skip
+def test_bad_objective_or_capacity_settings_are_one_clear_error(overrides, message) -> None:
+    from sloguard.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        evaluate(overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)
