@@ -16,6 +16,7 @@ METRICS = (
     "e2el_mean_ms",
     "attainment",
     "output_throughput_tok_s",
+    "capacity_rps",
 )
 
 

@@ -36,6 +36,7 @@ BETTER: dict[str, str] = {
     "consistency": "greater",
     "best_latency_ms": "less",
     "best_goodput_tok_s": "greater",
+    "best_capacity_rps": "greater",  # capacity studies (objective=capacity) only
     "feasible_trials": "greater",
     "crash_waste_pct": "less",
 }
@@ -50,6 +51,7 @@ LABELS = {
     "consistency": "Post-hit consistency",
     "best_latency_ms": "Best latency (ms)",
     "best_goodput_tok_s": "Best goodput (tok/s)",
+    "best_capacity_rps": "Best capacity (req/s)",
     "feasible_trials": "Feasible trials",
     "crash_waste_pct": "Crash waste (%)",
 }
@@ -67,6 +69,9 @@ def study_stats(trials: pd.DataFrame, latency: str, threshold: float) -> dict[st
         "best_latency_ms": float(feasible[latency].min()) if len(feasible) else math.nan,
         "best_goodput_tok_s": float(feasible["goodput_tok_s"].max())
         if len(feasible)
+        else math.nan,
+        "best_capacity_rps": float(feasible["capacity_rps"].max())
+        if len(feasible) and "capacity_rps" in feasible
         else math.nan,
         "feasible_trials": float(len(feasible)),
         "crashes": float(trials["crashed"].sum()),
@@ -164,6 +169,8 @@ def format_table(summary: dict[str, Any], published: bool = False) -> str:
         "|---|---|---|---|" + ("---|" if published else ""),
     ]
     for stat in BETTER:
+        if not any(opt.get(o, {}).get(stat, {}).get("n") for o in (base, cand)):
+            continue  # e.g. capacity in a goodput comparison
         test = summary["tests"].get(stat)
         # as the seed reports them: one-sided for the consistency claims, two-sided otherwise
         p = (

@@ -24,7 +24,7 @@ STUDIES = {
 }
 
 
-def _log(tmp_path: Path, comparison: str = "cmp") -> str:
+def _log(tmp_path: Path, comparison: str = "cmp", capacity: bool = False) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
     exp = client.create_experiment("stats", artifact_location=str(tmp_path / "art"))
@@ -53,6 +53,8 @@ def _log(tmp_path: Path, comparison: str = "cmp") -> str:
             if latency is not None:
                 client.log_metric(trial, "e2el_p50_ms", latency)
                 client.log_metric(trial, "goodput_tok_s", 1e5 / latency)
+                if capacity:  # an objective=capacity study: req/s at the attainment target
+                    client.log_metric(trial, "capacity_rps", 1e4 / latency)
     # a study of another comparison must be ignored
     client.create_run(
         exp,
@@ -95,6 +97,20 @@ def test_summary_from_known_values(tmp_path: Path) -> None:
     assert "| Fast-cluster trials / 4 | 0.50 ± 0.71 | 2.50 ± 0.71 |" in table
     assert "| Feasibility | 7 / 8 | 7 / 8 |" in table
     assert "7.40 ± 2.51 / 10.20 ± 1.10, p=0.014" in table
+    assert "Best capacity" not in table  # a goodput comparison has no capacity row
+
+
+def test_capacity_studies_compare_their_best_capacity(tmp_path: Path) -> None:
+    _, trials = load_comparison("cmp", tracking_uri=_log(tmp_path, capacity=True))
+    s = summarize(trials, "random", "tba-tpe", latency="e2el_p50_ms", delta=0.05)
+    per = {(r["optimizer"], r["seed"]): r for r in s["studies"]}
+    assert per[("tba-tpe", 2)]["best_capacity_rps"] == pytest.approx(1e4 / 455.0)
+    assert per[("random", 1)]["best_capacity_rps"] == pytest.approx(1e4 / 470.0)
+    expected = mannwhitneyu(
+        [1e4 / 460, 1e4 / 455], [1e4 / 470, 1e4 / 480], alternative="two-sided"
+    )
+    assert s["tests"]["best_capacity_rps"]["p_two_sided"] == pytest.approx(expected.pvalue)
+    assert "| Best capacity (req/s) | 21.05 ± 0.31 | 21.86 ± 0.17 |" in format_table(s)
 
 
 def test_report_writes_summary_and_figures(tmp_path: Path, capsys) -> None:
