@@ -18,6 +18,9 @@ from sloguard.testing import StubBehavior, start_stub
 from sloguard.workload import Workload, build_workload
 
 VOCAB = 500
+# wall-clock bounds (stub and client share one event loop): on a shared 2-core box a burst of
+# load from elsewhere can stretch a run by 10-15 ms; a rerun must meet the same bounds
+wall_clock = pytest.mark.flaky(reruns=2)
 
 
 def _workload(
@@ -53,6 +56,7 @@ def _run(
     return asyncio.run(main()), behavior
 
 
+@wall_clock
 def test_measures_the_stubs_exact_ttft_and_itl() -> None:
     result, _ = _run(StubBehavior(ttft_s=0.08, itl_s=0.02), _workload(4, output=6, gap_s=0.05))
     for record in result.records:
@@ -64,6 +68,7 @@ def test_measures_the_stubs_exact_ttft_and_itl() -> None:
     assert result.duration_s == pytest.approx(0.15 + 0.08 + 5 * 0.02, abs=0.06)
 
 
+@wall_clock
 def test_open_loop_sends_on_schedule() -> None:
     result, _ = _run(StubBehavior(itl_s=0.001), _workload(20, gap_s=0.01))
     lag = result.schedule_lag_s
@@ -72,6 +77,7 @@ def test_open_loop_sends_on_schedule() -> None:
     assert sends == sorted(sends) and sends[-1] == pytest.approx(0.19, abs=0.01)
 
 
+@wall_clock
 def test_closed_loop_caps_requests_in_flight() -> None:
     result, _ = _run(StubBehavior(ttft_s=0.05, itl_s=0.01), _workload(12, concurrency=3))
     spans = [(r.send_time, r.token_times[-1]) for r in result.records]
