@@ -147,7 +147,11 @@ def search_capacity(
         return workload.at_rate(rate)
 
     results = serve(next_workload)
-    probes = list(zip(rates, results, strict=False))
+    if len(results) > len(rates):  # the server failed before it asked for a load (startup)
+        failed = results[-1]
+        failed.metrics.update(capacity_rps=0.0, capacity_probes=0.0)
+        return failed
+    probes = list(zip(rates, results, strict=True))
     fatal = next((res for _, res in probes if _fatal(res)), None)
     passed = [(rate, res) for rate, res in probes if search.passes(attainment(res))]
     best = max(probes, key=lambda p: (attainment(p[1]), -p[0]))

@@ -76,6 +76,23 @@ def test_a_startup_crash_ends_the_search_as_the_trials_crash() -> None:
     assert out["metrics"]["capacity_probes"] == 1 and out["metrics"]["capacity_rps"] == 0
 
 
+def test_a_server_that_fails_before_any_load_is_the_trials_crash() -> None:
+    from sloguard.capacity import search_capacity
+    from sloguard.crash_classifier import CrashCategory, CrashInfo
+    from sloguard.result import TrialResult
+    from sloguard.workload import Workload
+
+    crash = CrashInfo(CrashCategory.OOM, "no_kv_cache_memory", "ValueError: No available memory")
+
+    def serve(next_workload):  # a real backend: the launch fails before it asks for a load
+        return [TrialResult({"max_num_seqs": 8}, crash=crash)]
+
+    workload = Workload.plain(8, 4, [0.0, 0.5, 1.0], 0)
+    result = search_capacity(CapacitySearch(start_rps=2.0), workload, serve)
+    assert result.crash is crash and result.utility is None and not result.feasible
+    assert result.metrics == {"capacity_rps": 0.0, "capacity_probes": 0.0}
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -306,3 +306,15 @@ def test_capacity_of_multi_round_requests_on_one_real_server(vllm_python) -> Non
     assert server["prefix_cache_hit_rate"] > 0.2
     text = Path(out["server_log"]).read_text()
     assert text.count("Starting vLLM server") == 1 and text.count("KV cache size") == 1
+
+
+@pytest.mark.vllm
+def test_capacity_search_on_a_config_vllm_rejects_is_a_config_crash(vllm_python) -> None:
+    from sloguard.cli import evaluate
+
+    out = evaluate([*REAL, "workload=chatbot", "workload.num_requests=12", "objective=capacity",
+                    "space.repair=false", "knobs.max_num_batched_tokens=256",
+                    "knobs.max_model_len=1024", "knobs.enable_chunked_prefill=false"])  # fmt: skip
+    assert out["crash"]["category"] == "config" and out["crash"]["phase"] == "startup"
+    assert out["metrics"] == {"capacity_rps": 0.0, "capacity_probes": 0.0}
+    assert out["utility"] is None and not out["feasible"]
