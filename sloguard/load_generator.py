@@ -30,7 +30,7 @@ import aiohttp
 import numpy as np
 
 from sloguard.result import RequestRecord, unsent_round_error
-from sloguard.workload import Workload
+from sloguard.workload import Workload, rounds_after
 
 TIMEOUT_ERROR = "timeout"  # prefix of errors of requests cut by the load-phase limit
 HUNG_ERROR = "hung"  # prefix of errors of streams that stopped producing tokens
@@ -170,9 +170,8 @@ async def generate(
                     if nxt < 0:
                         return
                     if records[rid].error is not None:
-                        while nxt >= 0:
-                            records[nxt].error = unsent_round_error(rid)
-                            nxt = next_round[nxt]
+                        for unsent in rounds_after(next_round, rid):
+                            records[unsent].error = unsent_round_error(rid)
                         return
                     records[nxt].scheduled_time = records[rid].token_times[-1] + float(
                         workload.arrival_times[nxt]

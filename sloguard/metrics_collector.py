@@ -30,17 +30,32 @@ def request_latencies(record: RequestRecord) -> tuple[float, float, float]:
     return ttft, slo_contract.tpot_ms(ttft, e2el, record.output_len), e2el
 
 
+def latency_table(records: Sequence[RequestRecord]) -> np.ndarray:
+    """TTFT, TPOT and E2EL (ms) of every record, one row each; NaN for failed ones."""
+    table = np.full((len(records), 3), np.nan)
+    for row, record in zip(table, records, strict=True):
+        if record.success:
+            row[:] = request_latencies(record)
+    return table
+
+
 def good_requests(
-    records: Sequence[RequestRecord], slo: SloContract, classes: RequestClasses | None = None
+    records: Sequence[RequestRecord],
+    slo: SloContract,
+    classes: RequestClasses | None = None,
+    latencies: np.ndarray | None = None,
 ) -> np.ndarray:
     """Which records met their SLOs (failed ones never do).
 
     Without classes a request is good when it meets ``slo`` (vllm bench serve's rule); with
     them, when it meets its class's deadlines and so did every other round of its session.
+    ``latencies`` is the records' :func:`latency_table`, when the caller has it already.
     """
     if classes is None:
+        lat = latency_table(records) if latencies is None else latencies
         return np.array(
-            [r.success and slo.request_is_good(*request_latencies(r)) for r in records], bool
+            [r.success and slo.request_is_good(*row) for r, row in zip(records, lat, strict=True)],
+            bool,
         )
     meets = classes.meets_slo
     ok = np.array(
@@ -70,8 +85,10 @@ def summarize(
         slo: The contract that decides which requests are good.
         classes: Per-request SLO classes of a multi-SLO workload.
     """
+    success = np.array([r.success for r in records], bool)
     done = [r for r in records if r.success]
-    lat = np.array([request_latencies(r) for r in done]).reshape(-1, 3)
+    table = latency_table(records)
+    lat = table[success]
     itls = np.concatenate([np.diff(r.token_times) for r in done]) * 1e3 if done else np.empty(0)
     series = {
         "ttft": lat[:, 0],
@@ -86,7 +103,7 @@ def summarize(
         metrics[f"{name}_mean_ms"] = float(values.mean()) if values.size else float("nan")
         for p, v in slo_contract.percentiles(values, pcts).items():
             metrics[f"{name}_p{p:g}_ms"] = v
-    good = good_requests(records, slo, classes)
+    good = good_requests(records, slo, classes, table)
     out_tokens = sum(r.output_len for r in done)
     metrics.update(
         num_requests=float(len(records)),
@@ -99,15 +116,15 @@ def summarize(
     if classes is None:
         metrics.update(_goodput(records, good, np.ones(len(records), bool), duration_s))
         return metrics
-    first = np.array([classes.sessions[r.request_id] == r.request_id for r in records], bool)
+    ids = np.array([r.request_id for r in records], dtype=np.int64)
+    first = classes.sessions[ids] == ids
     metrics.update(_goodput(records, good, first, duration_s))
-    class_of = classes.class_ids[[r.request_id for r in records]]
+    class_of = classes.class_ids[ids]
     for k, name in enumerate(classes.names):
         mine = class_of == k
         figures = _goodput(records, good & mine, first & mine, duration_s)
         figures["sessions"] = float(np.sum(first & mine))
-        ok = [r for r, m in zip(records, mine, strict=True) if m and r.success]
-        lat_k = np.array([request_latencies(r) for r in ok]).reshape(-1, 3)
+        lat_k = table[mine & success]
         for label, column in (("ttft", 0), ("tpot", 1)):
             for p, v in slo_contract.percentiles(lat_k[:, column], (50, 99)).items():
                 figures[f"{label}_p{p:g}_ms"] = v
@@ -173,8 +190,9 @@ def requests_table(
     With request classes, rows also name the class and session (``good`` is the session's).
     """
     rows = []
-    good = good_requests(records, slo, classes)
-    for r, is_good in zip(records, good, strict=True):
+    table = latency_table(records)
+    good = good_requests(records, slo, classes, table)
+    for r, is_good, (ttft, tpot, e2el) in zip(records, good, table, strict=True):
         row: dict[str, Any] = {
             "request_id": r.request_id,
             "prompt_len": r.prompt_len,
@@ -193,12 +211,11 @@ def requests_table(
             row["class"] = classes.names[int(classes.class_ids[r.request_id])]
             row["session"] = int(classes.sessions[r.request_id])
         if r.success:
-            ttft, tpot, e2el = request_latencies(r)
             gaps = np.diff(r.token_times)
             row.update(
-                ttft_ms=round(ttft, 3),
-                tpot_ms=round(tpot, 3),
-                e2el_ms=round(e2el, 3),
+                ttft_ms=round(float(ttft), 3),
+                tpot_ms=round(float(tpot), 3),
+                e2el_ms=round(float(e2el), 3),
                 max_itl_ms=round(float(gaps.max()) * 1e3, 3) if gaps.size else 0.0,
             )
         rows.append(row)

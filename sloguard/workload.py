@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -119,6 +119,15 @@ class Workload:
             concurrency=concurrency,
             prefix_groups=np.full(n, -1),
         )
+
+
+def rounds_after(next_round: Sequence[int], rid: int) -> list[int]:
+    """The later rounds of request ``rid``'s session, in order (``next_round`` as from
+    :meth:`Workload.next_rounds`)."""
+    out = []
+    while (rid := next_round[rid]) >= 0:
+        out.append(rid)
+    return out
 
 
 def sample_lengths(cfg: DictConfig, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -209,3 +209,20 @@ def test_multi_round_requests_chain_their_prompts_and_wait_for_the_round_before(
                     "knobs.max_model_len=2048", "knobs.max_num_batched_tokens=2048"])  # fmt: skip
     assert sim["metrics"]["num_requests"] == 12 and sim["metrics"]["completed"] == 12
     assert sim["metrics"]["class/agent/sessions"] == 4
+
+
+def test_a_failed_round_leaves_the_rounds_after_it_unsent(compose) -> None:
+    from sloguard.result import unsent_round_error
+
+    cfg = compose("workload=tool-calling", "workload.num_requests=3",
+                  "workload.classes.0.tool_latency_s=0.0")  # fmt: skip
+    workload = build_workload(cfg.workload, lambda p: np.full(len(p), 100.0))
+    second = int(workload.next_rounds()[0])  # session 0's second round fails with an HTTP 500
+    third = int(workload.next_rounds()[second])
+    behavior = StubBehavior(faults={second: "500"})
+    result, _ = _run(behavior, workload)
+    errors = {r.request_id: r.error for r in result.records}
+    assert errors[0] is None and errors[second].startswith("http 500")
+    assert errors[third] == unsent_round_error(second)
+    assert len(behavior.received) == len(workload) - 1  # the third round was never sent
+    assert all(r.success for r in result.records if r.request_id not in (second, third))

@@ -26,7 +26,7 @@ import numpy as np
 
 from sloguard.gpu_profile import BLOCK_SIZE
 from sloguard.result import RequestRecord, unsent_round_error
-from sloguard.workload import Workload
+from sloguard.workload import Workload, rounds_after
 
 _MIN_JUMP = 4  # shorter pure-decode stretches are cheaper step by step than vectorised
 
@@ -126,15 +126,14 @@ def run_engine(
         if nxt >= 0 and errors[rid] is None:
             heapq.heappush(later, (when + due[nxt], nxt))
             return 0
-        failed = 0
-        while nxt >= 0:
+        unsent = rounds_after(next_round, rid)
+        for nxt in unsent:
             errors[nxt] = unsent_round_error(rid)
-            nxt, failed = next_round[nxt], failed + 1
         if slots is not None:
             slots.append(when)
-        return failed
+        return len(unsent)
 
-    def _send(rid: int) -> int:
+    def send_request(rid: int) -> int:
         """The client sends ``rid``: to the engine, or refused; returns how many rounds ended."""
         if prompt[rid] + target[rid] <= settings.max_model_len:
             delay = arrival_delay_s + arrival_delay_per_running_s * len(running)
@@ -152,33 +151,30 @@ def run_engine(
             rid = next_send
             next_send += 1
             send[rid] = max(due[rid], slots.popleft()) if slots is not None else due[rid]
-            finished += _send(rid)
+            finished += send_request(rid)
         while later and later[0][0] <= now:
             send_at, rid = heapq.heappop(later)
             due[rid] = send[rid] = send_at
-            finished += _send(rid)
+            finished += send_request(rid)
         while inbox and inbox[0][0] <= now:
             waiting.append(heapq.heappop(inbox)[1])
+        # the next arrival: a first round due (with a free slot), the engine receiving a sent
+        # request, or a later round due
+        horizon = min(
+            due[next_send] if next_send < n_first and (slots is None or slots) else math.inf,
+            inbox[0][0] if inbox else math.inf,
+            later[0][0] if later else math.inf,
+        )
         if not running and not waiting:
-            idle_until = min(
-                inbox[0][0] if inbox else math.inf,  # the engine has the next request
-                due[next_send] if next_send < n_first and (slots is None or slots) else math.inf,
-                later[0][0] if later else math.inf,
-            )
-            if idle_until == math.inf:
+            if horizon == math.inf:
                 break
-            now = max(now, idle_until)
+            now = max(now, horizon)  # idle until then
             continue
         if now > timeout_s:
             break
 
         # --- a stretch of pure decode: advance every running request by k tokens at once
         nrun = len(running)
-        horizon = min(
-            due[next_send] if next_send < n_first and (slots is None or slots) else math.inf,
-            inbox[0][0] if inbox else math.inf,
-            later[0][0] if later else math.inf,
-        )
         k = 0
         if (
             fast_decode
