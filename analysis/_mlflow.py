@@ -6,18 +6,22 @@ import mlflow
 import pandas as pd
 
 from sloguard.space import KNOB_NAMES
-from sloguard.tracking import ROLE_TAG, TRIAL_NUMBER_TAG, resolve_tracking_uri
+from sloguard.tracking import names, resolve_tracking_uri
 
 METRICS = (
-    "goodput_tok_s",
-    "ttft_p99_ms",
-    "itl_p99_ms",
-    "e2el_p50_ms",
-    "e2el_mean_ms",
-    "attainment",
-    "output_throughput_tok_s",
-    "capacity_rps",
+    names.GOODPUT,
+    names.TTFT_P99,
+    names.ITL_P99,
+    names.E2EL_P50,
+    names.E2EL_MEAN,
+    names.ATTAINMENT,
+    names.OUTPUT_THROUGHPUT,
+    names.CAPACITY,
 )
+
+
+def _tag(name: str) -> str:
+    return f"tags.{name}"
 
 
 def load_comparison(
@@ -38,35 +42,35 @@ def load_comparison(
         runs = mlflow.search_runs(experiment_names=[experiment])
     else:
         runs = mlflow.search_runs(search_all_experiments=True)
-    if runs.empty or f"tags.{ROLE_TAG}" not in runs:
+    if runs.empty or _tag(names.ROLE) not in runs:
         raise LookupError(f"no SLO-Guard studies in {experiment or 'any experiment'}")
-    studies = runs[runs[f"tags.{ROLE_TAG}"] == "study"]
+    studies = runs[runs[_tag(names.ROLE)] == names.STUDY_ROLE]
     if comparison is not None:
-        if "tags.comparison" not in studies:
+        if _tag(names.COMPARISON) not in studies:
             raise LookupError(f"no study is tagged comparison={comparison!r}")
-        studies = studies[studies["tags.comparison"] == comparison]
+        studies = studies[studies[_tag(names.COMPARISON)] == comparison]
     if studies.empty:
         raise LookupError(f"no studies for comparison={comparison!r} experiment={experiment!r}")
     studies = (
         pd.DataFrame(
             {
                 "run_id": studies["run_id"],
-                "study_name": studies["tags.study_name"],
-                "optimizer": studies["tags.optimizer"],
-                "seed": studies["tags.seed"].astype(int),
+                "study_name": studies[_tag(names.STUDY_NAME)],
+                "optimizer": studies[_tag(names.OPTIMIZER)],
+                "seed": studies[_tag(names.SEED)].astype(int),
                 "start_time": studies["start_time"],
             }
         )
         .sort_values(["optimizer", "seed"])
         .reset_index(drop=True)
     )
-    raw = runs[runs["tags.mlflow.parentRunId"].isin(set(studies["run_id"]))]
+    raw = runs[runs[_tag(names.PARENT_RUN)].isin(set(studies["run_id"]))]
     trials = pd.DataFrame(
         {
-            "run_id": raw["tags.mlflow.parentRunId"],
-            "trial": raw[f"tags.{TRIAL_NUMBER_TAG}"].astype(int),
-            "feasible": raw["tags.feasible"] == "true",
-            "crash": raw["tags.crash_category"],
+            "run_id": raw[_tag(names.PARENT_RUN)],
+            "trial": raw[_tag(names.TRIAL_NUMBER)].astype(int),
+            "feasible": raw[_tag(names.FEASIBLE)] == "true",
+            "crash": raw[_tag(names.CRASH_CATEGORY)],
         }
     )
     trials["crashed"] = trials["crash"] != "none"

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from sloguard.backends.vllm import ServerProcess, VllmBackend, free_port, launch_argv
-from sloguard.experiment_runner import slo_from_config
+from sloguard.evaluation import slo_from_config
 from sloguard.load_generator import LoadSettings, build_prompts, generate
 from sloguard.metrics_collector import summarize
 from sloguard.slo_contract import SloContract

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from sloguard.backends import create_backend
-from sloguard.experiment_runner import slo_from_config
+from sloguard.evaluation import slo_from_config
 from sloguard.tune import compose_config
 from sloguard.workload import build_workload
 

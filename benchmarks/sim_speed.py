@@ -29,7 +29,7 @@ from sloguard.backends.sim import SimBackend, StepTimeModel, run_engine
 from sloguard.backends.sim._engine import EngineSettings, make_jitter
 from sloguard.backends.sim._memory import plan_memory
 from sloguard.backends.sim.backend import step_noise
-from sloguard.experiment_runner import slo_from_config
+from sloguard.evaluation import slo_from_config
 from sloguard.space import SearchSpace
 from sloguard.tune import compose_config
 from sloguard.workload import build_workload

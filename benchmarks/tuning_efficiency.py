@@ -34,10 +34,11 @@ from typing import Any
 import numpy as np
 from scipy.stats import mannwhitneyu
 
-from sloguard.experiment_runner import TrialStep, best_trial, slo_from_config
+from sloguard.evaluation import TrialStep, slo_from_config
 from sloguard.optimizer import OPTIMIZERS, create_optimizer
 from sloguard.result import TrialResult
 from sloguard.space import SearchSpace
+from sloguard.study import best_trial
 from sloguard.tune import compose_config
 
 SCENARIOS: dict[str, list[str]] = {

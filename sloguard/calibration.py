@@ -176,7 +176,7 @@ def measure(
         RuntimeError: A probe crashed (the message names it and the crash's evidence).
     """
     from sloguard.backends import create_backend
-    from sloguard.experiment_runner import slo_from_config
+    from sloguard.evaluation import slo_from_config
 
     backend = create_backend(cfg)
     slo = slo_from_config(cfg)
@@ -212,7 +212,7 @@ def predict(
 ) -> list[dict[str, float]]:
     """The simulator's metrics for each probe with ``hardware`` coefficients overriding."""
     from sloguard.backends.sim import SimBackend
-    from sloguard.experiment_runner import slo_from_config
+    from sloguard.evaluation import slo_from_config
 
     sim_cfg = OmegaConf.merge(
         cfg, {"hardware": hardware, "backend": {"name": "sim", "noise": float(noise)}}

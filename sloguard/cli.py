@@ -16,6 +16,8 @@ _EPILOG = """examples:
   sloguard tune -m seed=42,142 optimizer=random,tpe
   sloguard evaluate knobs.max_num_seqs=32 knobs.enforce_eager=true
   sloguard evaluate model=llama-3.1-8b hardware=l4-24gb knobs.gpu_memory_utilization=0.7
+  sloguard tune optimizer=tba-tpe budget=24 workers=4 study_name=w
+  sloguard sync --study w
   sloguard report --comparison paper-repro --output report/ --published
   sloguard classify-crash studies/<study>/server-logs/trial-003.log --exit-code 1
   sloguard calibrate backend=vllm-cpu model=tiny-random hardware=cpu space=cpu-small \
@@ -28,7 +30,7 @@ space) or key=value (seed, budget, resume, slo.ttft_ms, space.max_num_seqs.high,
 def evaluate(overrides: Sequence[str]) -> dict[str, Any]:
     """Evaluate one fixed configuration (``knobs.*``; the rest from the space's defaults)."""
     from sloguard.backends import backend_class
-    from sloguard.experiment_runner import TrialStep, slo_from_config
+    from sloguard.evaluation import TrialStep, slo_from_config
     from sloguard.space import SearchSpace
     from sloguard.tune import compose_config
 
@@ -73,6 +75,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="fit the simulator's step-time coefficients to a real server (writes hardware YAML)",
         add_help=False,
     )
+    sync = sub.add_parser(
+        "sync",
+        help="make MLflow equal the studies' storage (after kills or crashes)",
+        description="Make MLflow equal the studies' storage: trials that finished without an "
+        "MLflow run get one, half-logged runs are completed, dead workers' trials are queued "
+        "again, and finished studies are closed.",
+    )
+    _add_sync_arguments(sync)
     report = sub.add_parser("report", help="paired-seed statistics and figures from MLflow")
     _add_report_arguments(report)
     args, rest = parser.parse_known_args(argv)
@@ -80,6 +90,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         _report(args)
+        return
+    if args.command == "sync":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        _sync(args)
         return
     if args.command == "classify-crash":
         from sloguard.crash_classifier import main as classify_main
@@ -102,6 +117,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"sloguard: error: {e}", file=sys.stderr)
         sys.exit(2)
     print(json.dumps(_finite(payload), indent=2))
+
+
+def _add_sync_arguments(parser: argparse.ArgumentParser) -> None:
+    from sloguard.study._sync import add_arguments
+
+    add_arguments(parser)
+
+
+def _sync(args: argparse.Namespace) -> None:
+    from sloguard.study._sync import sync
+
+    try:
+        lines = sync(args)
+    except ConfigError as e:
+        print(f"sloguard: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print("\n".join(lines))
 
 
 def _add_report_arguments(parser: argparse.ArgumentParser) -> None:

@@ -68,6 +68,7 @@ class HardwareConfig:
     step_noise: float = 0.03  # lognormal sigma of per-step time jitter (measured by calibration)
     supports_cudagraphs: bool = True
     quantization: list[str] = field(default_factory=lambda: ["fp16", "fp8", "awq", "gptq"])
+    gpus_per_trial: int = 1  # GPUs each trial's server gets (workers=auto: GPUs / this)
 
 
 @dataclass
@@ -184,6 +185,7 @@ class BackendConfig:
     # sim
     noise: float | None = None  # lognormal sigma of step-time jitter; None: hardware.step_noise
     cuda_error_rate: float = 0.0  # chance that a trial dies of a transient CUDA error
+    startup_sleep_s: float = 0.0  # wall-clock seconds slept per trial, standing for a launch
     # vllm: the launch command as an argv list; "{python}" and "{model}" are substituted
     command: list[str] = field(default_factory=lambda: ["vllm", "serve", "{model}"])
     python: str = "python"  # the interpreter "{python}" stands for (a venv's, for the CPU build)
@@ -302,6 +304,12 @@ class Config:
     study_dir: str = "studies"
     comparison: str | None = None  # groups the studies of one paired-seed comparison (a tag)
     progress: bool = True
+    # the study's Optuna storage URL (sqlite:///..., postgresql://..., redis://..., or a
+    # journal file path); null: a journal file in <study_dir>/<study_name>/
+    storage: str | None = None
+    workers: Any = 1  # worker processes on this machine, or "auto" (GPUs / gpus_per_trial)
+    heartbeat_interval: int = 10  # seconds between heartbeats of a running trial
+    grace_period: int = 60  # seconds without a heartbeat after which a trial's worker is dead
 
 
 def register_configs() -> None:
@@ -337,6 +345,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"slo.attainment_target={cfg.slo.attainment_target} is invalid; it must be in (0, 1]"
         )
+    _check_study(cfg)
     _check_choice("objective", cfg.objective, OBJECTIVES)
     if cfg.objective == "capacity":
         _check_capacity(cfg)
@@ -367,6 +376,35 @@ def validate(cfg: DictConfig) -> None:
     space = SearchSpace.from_config(cfg.space)  # raises ConfigError on a bad range
     fixed = {k: v for k, v in to_container(cfg.knobs).items() if v is not None}
     space.check_values(fixed, where="knobs")
+
+
+def _check_study(cfg: DictConfig) -> None:
+    """Workers, heartbeats, the storage URL's form and the study name."""
+    from sloguard.study import StorageSpec, check_study_name
+
+    workers = cfg.workers
+    if workers != "auto" and not (
+        isinstance(workers, int) and not isinstance(workers, bool) and workers >= 1
+    ):
+        raise ConfigError(f"workers={workers!r} is invalid; it must be an integer >= 1 or 'auto'")
+    if cfg.hardware.gpus_per_trial < 1:
+        raise ConfigError(
+            f"hardware.gpus_per_trial={cfg.hardware.gpus_per_trial} is invalid; it must be >= 1"
+        )
+    for key in ("heartbeat_interval", "grace_period"):
+        _check_positive(key, cfg[key])
+    if cfg.grace_period <= cfg.heartbeat_interval:
+        raise ConfigError(
+            f"grace_period={cfg.grace_period} is invalid; it must be more than "
+            f"heartbeat_interval={cfg.heartbeat_interval}"
+        )
+    if cfg.backend.startup_sleep_s < 0:
+        raise ConfigError(
+            f"backend.startup_sleep_s={cfg.backend.startup_sleep_s} is invalid; it must be >= 0"
+        )
+    StorageSpec(cfg.storage)  # the URL's scheme
+    if cfg.study_name is not None:
+        check_study_name(str(cfg.study_name))
 
 
 def _check_trace(workload: DictConfig) -> None:

@@ -110,6 +110,28 @@ def detect_vram_gb(fallback_gb: float, probe_device: bool = True) -> tuple[float
     return float(fallback_gb), "hardware config"
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use: ``CUDA_VISIBLE_DEVICES`` if set, else every NVML device.
+
+    Empty on a machine without NVIDIA GPUs (or without nvidia-ml-py).
+    """
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
+    try:
+        import pynvml
+    except ImportError:
+        return []
+    try:
+        pynvml.nvmlInit()
+        try:
+            return [str(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        finally:
+            pynvml.nvmlShutdown()
+    except pynvml.NVMLError:
+        return []
+
+
 def _vram_nvml() -> float | None:
     try:
         import pynvml

@@ -1,4 +1,4 @@
-"""The records that travel from a backend to the trial log, MLflow and analysis."""
+"""The records that travel from a backend to the study's storage, MLflow and analysis."""
 
 from __future__ import annotations
 
@@ -93,4 +93,46 @@ class TrialResult:
             utility=data.get("utility"),
             server=data.get("server", {}),
             server_log=data.get("server_log"),
+        )
+
+
+@dataclass
+class TrialRecord:
+    """One finished trial of a study.
+
+    Args:
+        number: The trial's 0-based number in the study (a re-run keeps the number).
+        params: The knobs the optimizer proposed (active ones only).
+        result: The evaluation of the repaired configuration.
+        phase: The optimizer phase that proposed it.
+        repairs: What the repair pass changed.
+        wall_s: Wall-clock seconds the evaluation took.
+    """
+
+    number: int
+    params: dict[str, Any]
+    result: TrialResult
+    phase: str = ""
+    repairs: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "params": self.params,
+            "phase": self.phase,
+            "repairs": self.repairs,
+            "wall_s": round(self.wall_s, 4),
+            "result": self.result.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrialRecord:
+        return cls(
+            number=data["number"],
+            params=data["params"],
+            result=TrialResult.from_dict(data["result"]),
+            phase=data.get("phase", ""),
+            repairs=data.get("repairs", []),
+            wall_s=data.get("wall_s", 0.0),
         )

@@ -29,7 +29,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from sloguard.backends import backend_class
 from sloguard.config import ConfigError, register_configs, validate
-from sloguard.experiment_runner import run_study
+from sloguard.study import StorageSpec, StudyIncomplete, run_study
 
 CONF_DIR = Path(os.environ.get("SLOGUARD_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
 # Hydra flags after which validation is skipped (they print, they do not run)
@@ -91,7 +91,8 @@ def expand_sweeps(overrides: Sequence[str]) -> list[list[str]]:
 
 
 def check_overrides(argv: Sequence[str]) -> None:
-    """Validate every job a command line would run, and that this machine can run its backend.
+    """Validate every job a command line would run, and that this machine can run its backend
+    and reach its storage.
 
     Raises:
         ConfigError: On the first bad job.
@@ -110,6 +111,7 @@ def check_overrides(argv: Sequence[str]) -> None:
     for combo in expand_sweeps(overrides):
         cfg = compose_config(combo)
         backend_class(cfg.backend.name).preflight(cfg)
+        StorageSpec(cfg.storage).check_reachable()
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -120,6 +122,9 @@ def _job(cfg: DictConfig) -> float | None:
     except ConfigError as e:
         print(f"sloguard: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except StudyIncomplete as e:
+        print(f"sloguard: {e}", file=sys.stderr)
+        sys.exit(1)
     best = outcome.best
     if best is None:
         print(

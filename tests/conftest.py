@@ -1,14 +1,19 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from omegaconf import DictConfig
 
+from sloguard.testing.postgres import create_database, temporary_postgres
 from sloguard.tune import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,3 +59,67 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A real PostgreSQL server on 127.0.0.1 for the session; yields its base URL.
+
+    Skipped without Debian's postgresql package unless SLOGUARD_REQUIRE_POSTGRES=1 (CI, whose
+    `.ci/run` installs it), which makes a missing server a failure.
+    """
+    try:
+        with temporary_postgres() as url:
+            yield url
+    except FileNotFoundError as e:
+        if os.environ.get("SLOGUARD_REQUIRE_POSTGRES") == "1":
+            pytest.fail(str(e))
+        pytest.skip(str(e))
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str, request: pytest.FixtureRequest) -> str:
+    """A fresh database on the test server, for one test."""
+    return create_database(postgres_server, f"t{abs(hash(request.node.nodeid)) % 10**8}")
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    """A real `mlflow server` on 127.0.0.1 (sqlite backend); yields its URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+            "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+            "--default-artifact-root", str(tmp_path / "server-artifacts"), "--workers", "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("mlflow server did not start")
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -10,7 +10,7 @@ import pytest
 
 from sloguard import gpu_profile
 from sloguard.backends.sim import plan_memory
-from sloguard.experiment_runner import launch_config, memory_guard
+from sloguard.evaluation import launch_config, memory_guard
 from sloguard.gpu_profile import MemoryGuard, detect_vram_gb, model_config_from_hf
 from sloguard.space import SearchSpace
 

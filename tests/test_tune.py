@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -62,13 +64,14 @@ def test_multirun_under_an_outer_run_nests_every_study(study_env, tmp_path: Path
 @pytest.mark.slow
 def test_mlflow_run_main_entry_point(study_env, tmp_path: Path) -> None:
     """`mlflow run . --env-manager local` logs the study into the run MLflow made."""
-    if shutil.which("mlflow") is None:
-        pytest.skip("the mlflow CLI is not on PATH")
+    mlflow_cli = Path(sys.executable).with_name("mlflow")  # the one beside this Python
+    if not mlflow_cli.exists():
+        mlflow_cli = Path(shutil.which("mlflow") or "mlflow")
     mlflow.set_tracking_uri(study_env["MLFLOW_TRACKING_URI"])
     mlflow.MlflowClient().create_experiment("proj", artifact_location=str(tmp_path / "art"))
     proc = subprocess.run(
         [
-            "mlflow",
+            str(mlflow_cli),
             "run",
             str(REPO),
             "--env-manager",
@@ -85,7 +88,7 @@ def test_mlflow_run_main_entry_point(study_env, tmp_path: Path) -> None:
             "workload=smoke",
         ],
         cwd=tmp_path,
-        env={**__import__("os").environ, **study_env},
+        env={**os.environ, **study_env, "PATH": f"{mlflow_cli.parent}:{os.environ['PATH']}"},
         text=True,
         capture_output=True,
         timeout=300,

@@ -78,12 +78,10 @@ class BaseBackend(abc.ABC):
         for all of them (capacity search bisects the rate on one launch); by default each load
         is an :meth:`evaluate` of its own.
         """
-        results: list[TrialResult] = []
-        while (workload := next_workload(results)) is not None:
-            results.append(self.evaluate(config, workload, slo, seed=seed, log_path=log_path))
-            if results[-1].crash is not None:
-                break
-        return results
+        return serve_in_turn(
+            lambda load: self.evaluate(config, load, slo, seed=seed, log_path=log_path),
+            next_workload,
+        )
 
     def evaluate_many(
         self,
@@ -114,3 +112,16 @@ class BaseBackend(abc.ABC):
                 for _ in range(len(workloads) - len(results))
             ]
         return results
+
+
+def serve_in_turn(
+    serve: Callable[[Workload], TrialResult],
+    next_workload: Callable[[list[TrialResult]], Workload | None],
+) -> list[TrialResult]:
+    """Serve the loads ``next_workload`` picks one after another until it says stop or a crash."""
+    results: list[TrialResult] = []
+    while (workload := next_workload(results)) is not None:
+        results.append(serve(workload))
+        if results[-1].crash is not None:
+            break
+    return results

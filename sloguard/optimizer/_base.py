@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,10 +18,11 @@ if TYPE_CHECKING:
 class BaseOptimizer(abc.ABC):
     """Proposes knob configurations and learns from their results.
 
-    The loop asks once, evaluates, and tells once per trial. A resumed study tells the finished
-    trials of its log to a fresh optimizer before the first ask; every optimizer draws trial
-    ``n``'s randomness from ``(seed, n)``, so a resumed study proposes what an uninterrupted one
-    would have.
+    A study's state lives in its Optuna storage: before each ask, the finished trials are told
+    in trial order (to a fresh optimizer, or only the new ones to a cached one), and the trials
+    other workers are running now are passed to :meth:`ask`. Every random choice of trial ``n``
+    derives from ``(seed, n)``, so a study replayed from its storage proposes what an
+    uninterrupted one would have.
 
     Args:
         space: The search space.
@@ -33,6 +35,8 @@ class BaseOptimizer(abc.ABC):
         self.space = space
         self.seed = seed
         self.n_told = 0
+        self.number = 0  # the trial being asked for
+        self.running: list[dict[str, Any]] = []  # proposals other workers are evaluating now
 
     @classmethod
     def from_config(
@@ -42,12 +46,25 @@ class BaseOptimizer(abc.ABC):
         settings."""
         return cls(space, seed)
 
+    def ask(
+        self, number: int | None = None, running: Sequence[dict[str, Any]] = ()
+    ) -> dict[str, Any]:
+        """Return the active knobs of the configuration to try as trial ``number``.
+
+        Args:
+            number: The trial's number in the study (default: the trials told so far).
+            running: Configurations other workers are evaluating now (not to be repeated).
+        """
+        self.number = self.n_told if number is None else number
+        self.running = list(running)
+        return self._ask()
+
     @abc.abstractmethod
-    def ask(self) -> dict[str, Any]:
-        """Return the active knobs of the next configuration to try."""
+    def _ask(self) -> dict[str, Any]:
+        """The proposal for trial :attr:`number`, given :attr:`running`."""
 
     def tell(self, params: dict[str, Any], result: TrialResult) -> None:
-        """Record a finished trial (one this optimizer asked, or one replayed from a log)."""
+        """Record a finished trial (in trial order)."""
         self._tell(params, result)
         self.n_told += 1
 
@@ -56,13 +73,13 @@ class BaseOptimizer(abc.ABC):
 
     @property
     def phase(self) -> str:
-        """Which phase the next ask belongs to (two-phase optimizers override this)."""
+        """Which phase the last ask belonged to (two-phase optimizers override this)."""
         return self.name
 
     def trial_rng(self) -> np.random.Generator:
-        """The generator for the trial about to be asked."""
-        return np.random.default_rng([self.seed, self.n_told])
+        """The generator for the trial being asked."""
+        return np.random.default_rng([self.seed, self.number])
 
     def trial_seed(self) -> int:
-        """A 32-bit seed for the trial about to be asked (for samplers that take an int)."""
+        """A 32-bit seed for the trial being asked (for samplers that take an int)."""
         return int(self.trial_rng().integers(2**31 - 1))

@@ -6,6 +6,7 @@ import importlib.util
 from typing import TYPE_CHECKING
 
 import optuna
+from optuna.trial import TrialState
 
 from sloguard.config import ConfigError
 from sloguard.optimizer._tpe import CRASH_VIOLATION, TPEOptimizer
@@ -47,7 +48,8 @@ class ConstrainedBOOptimizer(TPEOptimizer):
         return cls(space, seed, n_startup_trials=cfg.n_startup_trials)
 
     def make_sampler(self) -> optuna.samplers.BaseSampler:
-        if all(t.constraints.get("violation") == CRASH_VIOLATION for t in self.study.trials):
+        told = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if all(t.constraints.get("violation") == CRASH_VIOLATION for t in told):
             # only crashes so far (or nothing): every constraint value is the same and the GP
             # has nothing to model, so draw at random until something survives
             return optuna.samplers.RandomSampler(seed=self.trial_seed())

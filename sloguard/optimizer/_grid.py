@@ -21,7 +21,8 @@ class GridOptimizer(BaseOptimizer):
     Walks ``max_num_seqs x max_num_batched_tokens`` in order; each point starts at
     ``util_start`` and, after each out-of-memory crash, is retried ``util_step`` lower until the
     server starts or the utilisation would leave the space. Other knobs keep the space's
-    defaults. After the last point the grid starts over.
+    defaults. After the last point the grid starts over. With several workers, a point that
+    another worker is running is skipped until its result is in.
 
     Args:
         space: The search space (grid values outside it are dropped).
@@ -62,8 +63,8 @@ class GridOptimizer(BaseOptimizer):
         self.util_low = util_knob.low
         self.util_start = min(max(util_start, util_knob.low), util_knob.high)
         self.util_step = util_step
-        self.point = 0
-        self.util = self.util_start
+        self.utils = [self.util_start] * len(self.points)  # next utilisation of each point
+        self.done = [False] * len(self.points)
 
     @classmethod
     def from_config(
@@ -78,21 +79,32 @@ class GridOptimizer(BaseOptimizer):
             util_step=cfg.grid_util_step,
         )
 
-    def ask(self) -> dict[str, Any]:
-        seqs, tokens = self.points[self.point % len(self.points)]
+    def _ask(self) -> dict[str, Any]:
+        if all(self.done):  # the whole grid is measured: start over
+            self.utils = [self.util_start] * len(self.points)
+            self.done = [False] * len(self.points)
+        todo = [i for i, done in enumerate(self.done) if not done]
+        candidates = [self._params(i) for i in todo]
+        return next((p for p in candidates if p not in self.running), candidates[0])
+
+    def _params(self, point: int) -> dict[str, Any]:
+        seqs, tokens = self.points[point]
         params = {
             **self.space.defaults(),
             "max_num_seqs": seqs,
             "max_num_batched_tokens": tokens,
-            "gpu_memory_utilization": round(self.util, 4),
+            "gpu_memory_utilization": round(self.utils[point], 4),
         }
         return {k: v for k, v in params.items() if self.space.is_active(k, params)}
 
     def _tell(self, params: dict[str, Any], result: TrialResult) -> None:
+        key = (params["max_num_seqs"], params["max_num_batched_tokens"])
+        if key not in self.points:
+            return  # not a grid point (a trial of another optimizer)
+        point = self.points.index(key)
         oom = result.crash is not None and result.crash.category is CrashCategory.OOM
         lower = round(params["gpu_memory_utilization"] - self.util_step, 4)
         if oom and lower >= self.util_low:
-            self.util = lower
+            self.utils[point] = min(self.utils[point], lower)
         else:
-            self.point += 1
-            self.util = self.util_start
+            self.done[point] = True

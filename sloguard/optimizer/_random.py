@@ -18,5 +18,5 @@ class RandomOptimizer(BaseOptimizer):
 
     name = "random"
 
-    def ask(self) -> dict[str, Any]:
+    def _ask(self) -> dict[str, Any]:
         return self.space.sample(self.trial_rng())

@@ -91,7 +91,7 @@ class TBAOptimizer(BaseOptimizer):
         """``t0`` scaled by the share of the budget still to spend."""
         return self.t0 * max(self.budget - self.n_told, 0) / self.budget
 
-    def ask(self) -> dict[str, Any]:
+    def _ask(self) -> dict[str, Any]:
         rng = self.trial_rng()
         if self.n_told < self.n_initial or self.current is None:
             candidates = [self.space.sample(rng) for _ in range(self.n_candidates)]
@@ -104,11 +104,14 @@ class TBAOptimizer(BaseOptimizer):
                 for _ in range(self.n_candidates - n_uniform)
             ]
             candidates += [self.space.sample(rng) for _ in range(n_uniform)]
-        seen = {_key(p) for p in self.params}
-        fresh = [c for c in candidates if _key(c) not in seen] or candidates
+        running = {_key(p) for p in self.running}
+        seen = running | {_key(p) for p in self.params}
+        fresh = [c for c in candidates if _key(c) not in seen] or [
+            c for c in candidates if _key(c) not in running
+        ]
         allowed = [c for c in fresh if not self.blacklist.blocks(c)]
         if not allowed:
-            allowed = self._unblocked_draw(rng)
+            allowed = self._unblocked_draw(rng, running)
         if self.n_told < self.n_initial:
             return allowed[0]
         return allowed[int(np.argmax(self._acquisition(allowed, rng)))]
@@ -161,10 +164,12 @@ class TBAOptimizer(BaseOptimizer):
         if draw < math.exp(delta / max(self.temperature, 1e-9)):
             self.current = index
 
-    def _unblocked_draw(self, rng: np.random.Generator) -> list[dict[str, Any]]:
+    def _unblocked_draw(
+        self, rng: np.random.Generator, running: set[tuple[Any, ...]]
+    ) -> list[dict[str, Any]]:
         for _ in range(2000):
             params = self.space.sample(rng)
-            if not self.blacklist.blocks(params):
+            if _key(params) not in running and not self.blacklist.blocks(params):
                 return [params]
         return [params]  # the whole space is blacklisted: nothing better to offer
 

@@ -18,10 +18,10 @@ if TYPE_CHECKING:
 class TBATPEOptimizer(BaseOptimizer):
     """The seed's two-phase optimizer.
 
-    Phase ``explore`` (the first ``handoff`` trials) is :class:`TBAOptimizer` annealing over its
-    own phase; phase ``exploit`` is a crash-aware :class:`TPEOptimizer` that has been told every
-    trial so far, crashes as extreme constraint violations, so it starts from TBA's map of where
-    configurations crash and where they meet the SLO.
+    Phase ``explore`` (trials numbered below ``handoff``) is :class:`TBAOptimizer` annealing
+    over its own phase; phase ``exploit`` is a crash-aware :class:`TPEOptimizer` that has been
+    told every trial so far, crashes as extreme constraint violations, so it starts from TBA's
+    map of where configurations crash and where they meet the SLO.
 
     Args:
         space: The search space.
@@ -56,10 +56,10 @@ class TBATPEOptimizer(BaseOptimizer):
 
     @property
     def phase(self) -> str:
-        return "explore" if self.n_told < self.handoff else "exploit"
+        return "explore" if self.number < self.handoff else "exploit"
 
-    def ask(self) -> dict[str, Any]:
-        return (self.tba if self.phase == "explore" else self.tpe).ask()
+    def _ask(self) -> dict[str, Any]:
+        return (self.tba if self.phase == "explore" else self.tpe).ask(self.number, self.running)
 
     def _tell(self, params: dict[str, Any], result: TrialResult) -> None:
         self.tba.tell(params, result)

@@ -108,10 +108,28 @@ class TPEOptimizer(BaseOptimizer):
             n_startup_trials=self.n_startup_trials, seed=self.trial_seed()
         )
 
-    def ask(self) -> dict[str, Any]:
+    def _ask(self) -> dict[str, Any]:
+        # trials other workers are running enter as RUNNING trials, which TPE's constant liar
+        # scores as the worst observation, so the proposal moves away from them; afterwards
+        # they are failed, which every sampler ignores
+        if self._pending is not None:  # asked but never told (its trial died): forget it
+            self.study.tell(self._pending, state=TrialState.FAIL)
+            self._pending = None
+        liars = len(self.study.get_trials(deepcopy=False))
+        for params in self.running:
+            self.study.add_trial(
+                optuna.trial.create_trial(
+                    state=TrialState.RUNNING,
+                    params=params,
+                    distributions={k: self._distributions[k] for k in params},
+                )
+            )
         self.study.sampler = self.make_sampler()
         self._pending = self.study.ask()
-        return suggest(self._pending, self.space)
+        params = suggest(self._pending, self.space)
+        for number in range(liars, liars + len(self.running)):
+            self.study.tell(number, state=TrialState.FAIL)
+        return params
 
     def _tell(self, params: dict[str, Any], result: TrialResult) -> None:
         if self.crash_aware:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from analysis._mlflow import load_comparison
+from tests.study_tests.conftest import load_study, records
 
 ARGS = [
     "-m",
@@ -40,17 +41,21 @@ def test_multiseed_resumes_after_a_kill(study_env, tmp_path: Path) -> None:
         start_new_session=True,
     )
     studies_dir = tmp_path / "studies"
+
+    def finished() -> list[int]:  # finished trials per study, in the order studies began
+        journals = sorted(studies_dir.glob("*/journal.log"), key=lambda p: p.stat().st_ctime)
+        return [p.read_bytes().count(b"sloguard:result") for p in journals]
+
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:  # kill once the second study is under way
-            logs = sorted(studies_dir.glob("*/trials.jsonl")) if studies_dir.exists() else []
-            if len(logs) >= 2 and len(logs[-1].read_bytes().splitlines()) >= 3:
+            if studies_dir.exists() and len(done := finished()) >= 2 and done[-1] >= 3:
                 break
             time.sleep(0.01)
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=30)
-    partial = sum(len(p.read_bytes().splitlines()) - 1 for p in studies_dir.glob("*/trials.jsonl"))
+    partial = sum(len(records(load_study(studies_dir, p.name))) for p in studies_dir.iterdir())
     assert 8 < partial < 32, "the kill must land inside the comparison"
 
     done = subprocess.run(

@@ -2,7 +2,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sloguard.experiment_runner import run_study
+from sloguard.study import run_study
 from tests.conftest import REPO
 
 

@@ -93,8 +93,8 @@ def test_tba_tpe_hands_off_with_every_trial_as_a_warm_start(space) -> None:
     opt = TBATPEOptimizer(space, seed=0, budget=10, handoff=0.4)
     phases = []
     for i in range(10):
-        phases.append(opt.phase)
         params = opt.ask()
+        phases.append(opt.phase)
         opt.tell(params, _crash(params) if i % 2 else _ok(params, 10.0 * i))
     assert phases == ["explore"] * 4 + ["exploit"] * 6
     trials = opt.tpe.study.trials

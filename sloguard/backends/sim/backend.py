@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sloguard.backends._base import BaseBackend
+from sloguard.backends._base import BaseBackend, serve_in_turn
 from sloguard.backends.sim._engine import EngineSettings, make_jitter, run_engine
 from sloguard.backends.sim._memory import load_oom, plan_memory, startup_seconds
 from sloguard.backends.sim._roofline import StepTimeModel
@@ -19,6 +19,8 @@ from sloguard.slo_contract import SloContract
 from sloguard.workload import Workload
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from omegaconf import DictConfig
 
 
@@ -33,7 +35,8 @@ class SimBackend(BaseBackend):
 
     Startup follows vLLM: config validation, memory planning (refusals carry vLLM's message text
     and go through the crash taxonomy), then the load phase on the v1 scheduler model. The same
-    seed gives the same result.
+    seed gives the same result. ``backend.startup_sleep_s`` sleeps once per trial (per launch,
+    as a real server's start would take), for measuring parallel workers.
     """
 
     name = "sim"
@@ -46,6 +49,31 @@ class SimBackend(BaseBackend):
         *,
         seed: int,
         log_path: Path | None = None,
+    ) -> TrialResult:
+        time.sleep(self.cfg.backend.startup_sleep_s)
+        return self._evaluate(config, workload, slo, seed=seed)
+
+    def evaluate_adaptive(
+        self,
+        config: dict[str, Any],
+        next_workload: Callable[[list[TrialResult]], Workload | None],
+        slo: SloContract,
+        *,
+        seed: int,
+        log_path: Path | None = None,
+    ) -> list[TrialResult]:
+        time.sleep(self.cfg.backend.startup_sleep_s)  # one launch serves every load
+        return serve_in_turn(
+            lambda load: self._evaluate(config, load, slo, seed=seed), next_workload
+        )
+
+    def _evaluate(
+        self,
+        config: dict[str, Any],
+        workload: Workload,
+        slo: SloContract,
+        *,
+        seed: int,
     ) -> TrialResult:
         model, hw, backend = self.cfg.model, self.cfg.hardware, self.cfg.backend
         wall = time.perf_counter()

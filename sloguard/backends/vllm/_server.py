@@ -96,7 +96,9 @@ class ServerProcess:
         # a re-run trial (resumed study) appends: only this launch's part is read back
         self._log_offset = log_path.stat().st_size if log_path.exists() else 0
         with open(log_path, "ab") as log:
-            log.write(f"# sloguard launch: {subprocess.list2cmdline(self.argv)}\n".encode())
+            devices = env.get("CUDA_VISIBLE_DEVICES")
+            where = "" if devices is None else f" (CUDA_VISIBLE_DEVICES={devices})"
+            log.write(f"# sloguard launch{where}: {subprocess.list2cmdline(self.argv)}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
                 self.argv,

@@ -6,7 +6,7 @@ import pytest
 
 from sloguard.backends import create_backend
 from sloguard.crash_classifier import CrashCategory
-from sloguard.experiment_runner import slo_from_config
+from sloguard.evaluation import slo_from_config
 from sloguard.space import SearchSpace
 from sloguard.workload import build_workload
 

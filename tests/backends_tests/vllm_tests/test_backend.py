@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,13 +12,15 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
+import optuna
 import pytest
 
 from sloguard.backends.vllm import VllmBackend, knob_flags, launch_argv, port_is_free
 from sloguard.backends.vllm._server import group_members
 from sloguard.config import ConfigError
-from sloguard.experiment_runner import run_study, slo_from_config
+from sloguard.evaluation import slo_from_config
 from sloguard.metrics_collector import parse_metrics
+from sloguard.study import StorageSpec, run_study
 from sloguard.workload import build_workload
 from tests.backends_tests.vllm_tests.conftest import REAL, api_server_pid, assert_group_gone
 from tests.conftest import run_cli
@@ -243,7 +246,7 @@ def test_two_trial_real_study_end_to_end(vllm_python, study_env, tmp_path: Path)
         assert pid is not None
         assert_group_gone(pid)
     trial_log = next(Path(study_env["SLOGUARD_STUDY_DIR"]).glob("*/trials.jsonl"))
-    lines = [json.loads(x) for x in trial_log.read_text().splitlines()[1:]]
+    lines = [json.loads(x) for x in trial_log.read_text().splitlines()]
     assert [x["result"]["server"]["kv_cache_tokens"] > 0 for x in lines] == [True, True]
 
 
@@ -318,3 +321,36 @@ def test_capacity_search_on_a_config_vllm_rejects_is_a_config_crash(vllm_python)
     assert out["crash"]["category"] == "config" and out["crash"]["phase"] == "startup"
     assert out["metrics"] == {"capacity_rps": 0.0, "capacity_probes": 0.0}
     assert out["utility"] is None and not out["feasible"]
+
+
+@pytest.mark.vllm
+def test_two_workers_run_two_real_servers_at_once(vllm_python, study_env, tmp_path: Path) -> None:
+    """workers=2: two real servers, each on its own port, GPU list and process group."""
+    env = {**study_env, "SLOGUARD_VLLM_PYTHON": str(vllm_python), "CUDA_VISIBLE_DEVICES": "0,1"}
+    args = [*REAL, "budget=2", "workers=2", "optimizer=random", "seed=5", "study_name=pair"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "sloguard.tune", *args], cwd=tmp_path, env={**os.environ, **env},
+        capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logs = sorted((Path(study_env["SLOGUARD_STUDY_DIR"]) / "pair" / "server-logs").glob("*.log"))
+    heads = [log.read_text().splitlines()[0] for log in logs]
+    assert len(heads) == 2
+    devices = sorted(re.search(r"CUDA_VISIBLE_DEVICES=(\S+)\)", h)[1] for h in heads)
+    assert devices == ["0", "1"]  # one GPU list per worker
+    ports = {re.search(r"--port (\d+)", h)[1] for h in heads}
+    assert len(ports) == 2
+    for log in logs:
+        pid = api_server_pid(log)
+        assert pid is not None
+        assert_group_gone(pid)
+    study = optuna.load_study(
+        study_name="pair",
+        storage=StorageSpec().open(Path(study_env["SLOGUARD_STUDY_DIR"]) / "pair"),
+    )
+    trials = study.get_trials()
+    assert all(t.user_attrs["crash_category"] == "none" for t in trials)
+    assert max(t.datetime_start for t in trials) < min(t.datetime_complete for t in trials)
+    mlflow.set_tracking_uri(study_env["MLFLOW_TRACKING_URI"])
+    runs = mlflow.search_runs(experiment_names=["sloguard"])
+    assert sorted(runs[runs["tags.sloguard.role"] == "trial"]["status"]) == ["FINISHED"] * 2

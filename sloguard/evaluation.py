@@ -1,0 +1,148 @@
+"""One trial's evaluation: fit the proposed knobs for launch, then serve the workload.
+
+Used by the study workers, ``sloguard evaluate``, calibration and the benchmarks alike.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sloguard.backends import create_backend
+from sloguard.backends.sim import zero_load_ttft_ms
+from sloguard.capacity import CapacitySearch, search_capacity
+from sloguard.gpu_profile import MemoryGuard, detect_vram_gb
+from sloguard.result import TrialRecord
+from sloguard.slo_contract import SloContract
+from sloguard.space import FloatKnob, IntKnob, Repair, SearchSpace
+from sloguard.workload import Workload, build_workload
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from omegaconf import DictConfig
+
+    from sloguard.backends import BaseBackend
+
+
+def slo_from_config(cfg: DictConfig) -> SloContract:
+    """The SloContract of the ``slo`` config group."""
+    return SloContract(
+        ttft_ms=cfg.slo.ttft_ms,
+        itl_ms=cfg.slo.itl_ms,
+        percentile=cfg.slo.percentile,
+        e2el_ms=cfg.slo.e2el_ms,
+        attainment_target=cfg.slo.attainment_target,
+    )
+
+
+def memory_guard(cfg: DictConfig, probe_device: bool = False) -> MemoryGuard:
+    """The guard for this model and device; a real backend probes the device's memory."""
+    vram, _ = (
+        detect_vram_gb(cfg.hardware.vram_gb)
+        if probe_device
+        else (cfg.hardware.vram_gb, "hardware config")
+    )
+    return MemoryGuard.for_model(cfg.model, cfg.hardware, vram, overcommit=cfg.space.kv_overcommit)
+
+
+def launch_config(
+    space: SearchSpace, guard: MemoryGuard, params: dict[str, Any], max_position_embeddings: int
+) -> Repair:
+    """The configuration to launch for ``params``: completed, repaired, fitted to the KV cache.
+
+    With ``space.repair`` off the completed config is launched as drawn.
+    """
+    repaired = space.repair(space.complete(params), max_position_embeddings)
+    if not space.repair_enabled:
+        return repaired
+    util, length = space.knobs["gpu_memory_utilization"], space.knobs["max_model_len"]
+    assert isinstance(util, FloatKnob) and isinstance(length, IntKnob)
+    guarded = guard.repair(repaired.config, util_high=util.high, len_low=length.low)
+    return Repair(guarded.config, repaired.changes + guarded.changes)
+
+
+def workload_from_config(cfg: DictConfig) -> Workload:
+    """The study's requests; TTFT slowdown SLOs resolve against the hardware's zero-load TTFT."""
+    return build_workload(
+        cfg.workload, functools.partial(zero_load_ttft_ms, cfg.model, cfg.hardware)
+    )
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """The backend seed of trial ``number``."""
+    return int(np.random.default_rng([seed, number, 1]).integers(2**31 - 1))
+
+
+@dataclass
+class TrialStep:
+    """Evaluates proposed knobs as one trial: fit the config for launch, serve, measure.
+
+    Args:
+        space: The search space.
+        guard: The memory guard.
+        backend: Where configurations are evaluated.
+        workload: The requests every trial serves.
+        slo: The SLO contract.
+        seed: The study seed (trial ``n`` evaluates with a seed derived from it).
+        max_position_embeddings: The model's context limit.
+        log_dir: Where real servers' logs go (``trial-NNN.log``).
+        capacity: Search the highest passing request rate instead of serving one load.
+    """
+
+    space: SearchSpace
+    guard: MemoryGuard
+    backend: BaseBackend
+    workload: Workload
+    slo: SloContract
+    seed: int
+    max_position_embeddings: int
+    log_dir: Path | None = None
+    capacity: CapacitySearch | None = None
+
+    @classmethod
+    def from_config(
+        cls, cfg: DictConfig, space: SearchSpace, slo: SloContract, log_dir: Path | None = None
+    ) -> TrialStep:
+        backend = create_backend(cfg)
+        workload = workload_from_config(cfg)
+        capacity = None
+        if cfg.objective == "capacity":
+            capacity = CapacitySearch.from_config(cfg, workload)
+        return cls(
+            space,
+            memory_guard(cfg, probe_device=backend.probes_device),
+            backend,
+            workload,
+            slo,
+            cfg.seed,
+            cfg.model.max_position_embeddings,
+            log_dir,
+            capacity,
+        )
+
+    def evaluate(self, params: dict[str, Any], number: int, phase: str = "") -> TrialRecord:
+        """Fit ``params`` for launch and evaluate them as trial ``number``."""
+        repair = launch_config(self.space, self.guard, params, self.max_position_embeddings)
+        start = time.perf_counter()
+        log_path = self.log_dir / f"trial-{number:03d}.log" if self.log_dir else None
+        seed = trial_seed(self.seed, number)
+        if self.capacity is None:
+            result = self.backend.evaluate(
+                repair.config, self.workload, self.slo, seed=seed, log_path=log_path
+            )
+        else:
+            result = search_capacity(
+                self.capacity,
+                self.workload,
+                lambda next_workload: self.backend.evaluate_adaptive(
+                    repair.config, next_workload, self.slo, seed=seed, log_path=log_path
+                ),
+            )
+        return TrialRecord(
+            number, params, result, phase, list(repair.changes), time.perf_counter() - start
+        )

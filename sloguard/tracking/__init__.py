@@ -1,0 +1,33 @@
+"""MLflow as the mirror of a study's storage: a study run, one nested run per trial."""
+
+from __future__ import annotations
+
+from sloguard.tracking import names
+from sloguard.tracking._tracker import (
+    DEFAULT_TRACKING_URI,
+    ProgressPoint,
+    StudyTracker,
+    TrialRun,
+    flatten,
+    is_terminated,
+    mlflow_client,
+    resolve_tracking_uri,
+    sqlite_setup_lock,
+    trial_metrics,
+    trial_tags,
+)
+
+__all__ = [
+    "DEFAULT_TRACKING_URI",
+    "ProgressPoint",
+    "StudyTracker",
+    "TrialRun",
+    "flatten",
+    "is_terminated",
+    "mlflow_client",
+    "names",
+    "resolve_tracking_uri",
+    "sqlite_setup_lock",
+    "trial_metrics",
+    "trial_tags",
+]

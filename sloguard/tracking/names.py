@@ -1,0 +1,54 @@
+"""The names of SLO-Guard's MLflow tags and metrics: tracking writes them, analysis reads them."""
+
+from __future__ import annotations
+
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+PARENT_RUN = MLFLOW_PARENT_RUN_ID  # a trial run's study run; a study's outer run (multirun)
+
+# tags of study and trial runs
+ROLE = "sloguard.role"  # "study" or "trial"
+STUDY_ROLE = "study"
+TRIAL_ROLE = "trial"
+TRIAL_NUMBER = "sloguard.trial_number"  # the trial's number in the study
+OPTUNA_TRIAL = "sloguard.optuna_trial"  # the Optuna trial that ran it (a re-run has its own)
+STORAGE = "sloguard.storage"  # where the study lives (password masked)
+STUDY_NAME = "study_name"
+OPTIMIZER = "optimizer"
+SEED = "seed"
+BACKEND = "backend"
+MODEL = "model"
+HARDWARE = "hardware"
+WORKLOAD = "workload"
+SLO = "slo"
+CONFIG_HASH = "config_hash"
+COMPARISON = "comparison"
+PHASE = "phase"
+FEASIBLE = "feasible"  # "true" or "false"
+CRASH_CATEGORY = "crash_category"  # "none" for a trial that did not crash
+CRASH_SUBCAUSE = "crash_subcause"
+CRASH_PHASE = "crash_phase"
+CRASH_EVIDENCE = "crash_evidence"
+REPAIRS = "repairs"
+BEST_PREFIX = "best."  # study run: the best trial's launched knobs
+
+# metrics of a trial run (from the trial's result)
+GOODPUT = "goodput_tok_s"
+TTFT_P99 = "ttft_p99_ms"
+ITL_P99 = "itl_p99_ms"
+E2EL_P50 = "e2el_p50_ms"
+E2EL_MEAN = "e2el_mean_ms"
+ATTAINMENT = "attainment"
+OUTPUT_THROUGHPUT = "output_throughput_tok_s"
+CAPACITY = "capacity_rps"
+UTILITY = "utility"
+
+# metrics of a study run: per-trial curves (step = trial number), then the study's summary
+CRASHES = "crashes"
+FEASIBLE_TRIALS = "feasible_trials"
+NUM_TRIALS = "num_trials"
+
+
+def best(metric: str) -> str:
+    """The study metric holding the best feasible trial's ``metric`` (``best_goodput_tok_s``)."""
+    return f"best_{metric}"
