@@ -125,6 +125,13 @@ def _job(cfg: DictConfig) -> float | None:
     except StudyIncomplete as e:
         print(f"sloguard: {e}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print(
+            "sloguard: interrupted; the trials in flight will run again when the same command "
+            "runs again",
+            file=sys.stderr,
+        )
+        sys.exit(130)
     best = outcome.best
     if best is None:
         print(

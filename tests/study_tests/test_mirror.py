@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import mlflow
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from sloguard.study import run_study
+from sloguard.study._sync import add_arguments, sync
 from tests.conftest import run_cli
 from tests.study_tests.conftest import FAST, mlflow_runs
 
@@ -61,8 +63,10 @@ def test_sync_repairs_missing_half_logged_and_duplicate_runs(
             metric, outcome.records[1].result.utility
         )
     assert client.get_run(outcome.run_id).info.status == "FINISHED"
-    again = run_cli(["-m", "sloguard.cli", "sync"], tmp_path, study_env)
-    assert "0 trial runs created, 0 completed, 0 duplicates deleted, 0 closed" in again.stdout
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    (again,) = sync(parser.parse_args([]))  # every study, in this process this time
+    assert again.endswith("0 trial runs created, 0 completed, 0 duplicates deleted, 0 closed")
 
 
 def test_sync_of_an_unknown_study_is_one_line(study_env, tmp_path: Path) -> None:

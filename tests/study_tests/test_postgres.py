@@ -45,7 +45,7 @@ def test_two_machines_join_one_study_and_survive_a_killed_worker(
     study_env, tmp_path: Path, postgres_url: str, mlflow_server: str
 ) -> None:
     env = {**study_env, "MLFLOW_TRACKING_URI": mlflow_server}
-    common = ["optimizer=tba-tpe", "budget=12", "study_name=multi", f"storage={postgres_url}"]
+    common = ["optimizer=tba-tpe", "budget=9", "study_name=multi", f"storage={postgres_url}"]
     nodes = []
     for node, extra in (("a", ["workers=2"]), ("b", [])):
         folder = tmp_path / node
@@ -75,7 +75,7 @@ def test_two_machines_join_one_study_and_survive_a_killed_worker(
     for proc in nodes:
         finish(proc)
     study = load_study(tmp_path, "multi", postgres_url)
-    assert_store_equals_mlflow(study, env, "multi", 12)
+    assert_store_equals_mlflow(study, env, "multi", 9)
     pids = {t.user_attrs[WORKER_ATTR]["pid"] for t in study.get_trials() if has_result(t)}
     assert len(pids) >= 2, "both machines ran trials"
     killed = study.get_trials()[victim.number]

@@ -32,7 +32,7 @@ def make(compose):
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_a_cached_proposer_agrees_with_one_rebuilt_for_every_ask(name, make) -> None:
     cached, history = Proposer(make(name)), []
-    for number in range(10):
+    for number in range(8 if name == "constrained-bo" else 10):  # the GP refits on each ask
         params, phase = cached.propose(number, history, running=[])
         assert Proposer(make(name)).propose(number, history, running=[]) == (params, phase)
         history.append(TrialRecord(number, params, _result(params), phase))

@@ -23,21 +23,21 @@ from tests.study_tests.conftest import (
 
 @pytest.mark.slow
 def test_two_commands_started_together_share_one_budget(study_env, tmp_path: Path) -> None:
-    args = ["optimizer=tpe", "budget=10", "study_name=w2", "backend.startup_sleep_s=0.2"]
+    args = ["optimizer=tpe", "budget=8", "study_name=w2", "backend.startup_sleep_s=0.2"]
     procs = [start(args, tmp_path, study_env) for _ in range(2)]
     for proc in procs:
         finish(proc)
     study = load_study(tmp_path / "studies", "w2")
-    assert len(study.get_trials()) == 10  # never more trials than the budget
+    assert len(study.get_trials()) == 8  # never more trials than the budget
     workers = Counter(t.user_attrs[WORKER_ATTR]["pid"] for t in study.get_trials())
     assert len(workers) == 2, "both commands ran trials"
-    assert_store_equals_mlflow(study, study_env, "w2", 10)
+    assert_store_equals_mlflow(study, study_env, "w2", 8)
 
 
 @pytest.mark.slow
 def test_killing_one_of_three_workers_loses_nothing(study_env, tmp_path: Path) -> None:
-    args = ["optimizer=tba-tpe", "budget=12", "workers=3", "study_name=w"]
-    proc = start([*args, "backend.startup_sleep_s=1.0"], tmp_path, study_env)
+    args = ["optimizer=tba-tpe", "budget=9", "workers=3", "study_name=w"]
+    proc = start([*args, "backend.startup_sleep_s=0.8"], tmp_path, study_env)
     journal = tmp_path / "studies" / "w" / "journal.log"
     victim = None
     deadline = time.monotonic() + 120
@@ -56,7 +56,7 @@ def test_killing_one_of_three_workers_loses_nothing(study_env, tmp_path: Path) -
     out = finish(proc)
     assert "exit -9" in out  # the command says a worker died, and still finishes the budget
     study = load_study(tmp_path / "studies", "w")
-    assert_store_equals_mlflow(study, study_env, "w", 12)
+    assert_store_equals_mlflow(study, study_env, "w", 9)
     killed = study.get_trials()[victim.number]
     assert killed.state == TrialState.FAIL and "died" in killed.user_attrs[INFRA_ATTR]
     rerun = [t for t in study.get_trials() if t.system_attrs.get("failed_trial") == killed.number]
@@ -67,7 +67,7 @@ def test_killing_one_of_three_workers_loses_nothing(study_env, tmp_path: Path) -
 @pytest.mark.slow
 def test_kill_then_resume_loses_and_repeats_nothing(study_env, tmp_path: Path) -> None:
     """A single worker killed with SIGKILL mid-study, resumed: the same trials, to the bit."""
-    args = ["budget=40", "optimizer=tpe"]
+    args = ["budget=20", "optimizer=tpe"]
     proc = start([*args, "study_name=victim"], tmp_path, study_env)
     journal = tmp_path / "studies" / "victim" / "journal.log"
     try:
@@ -80,13 +80,13 @@ def test_kill_then_resume_loses_and_repeats_nothing(study_env, tmp_path: Path) -
     finally:
         proc.wait(timeout=30)
     killed_at = len(records(load_study(tmp_path / "studies", "victim")))
-    assert 5 <= killed_at < 40, "the kill must land mid-study"
+    assert 5 <= killed_at < 20, "the kill must land mid-study"
 
     finish(start([*args, "study_name=victim"], tmp_path, study_env))
     finish(start([*args, "study_name=reference"], tmp_path, study_env))
     victim = records(load_study(tmp_path / "studies", "victim"))
     reference = records(load_study(tmp_path / "studies", "reference"))
-    assert [r.number for r in victim] == list(range(40))
+    assert [r.number for r in victim] == list(range(20))
     assert [r.params for r in victim] == [r.params for r in reference]
     assert [str(r.result.metrics) for r in victim] == [str(r.result.metrics) for r in reference]
-    assert_store_equals_mlflow(load_study(tmp_path / "studies", "victim"), study_env, "victim", 40)
+    assert_store_equals_mlflow(load_study(tmp_path / "studies", "victim"), study_env, "victim", 20)

@@ -215,11 +215,12 @@ def test_server_killed_mid_load_is_classified_and_the_study_goes_on(
 
 @pytest.mark.vllm
 def test_two_trial_real_study_end_to_end(vllm_python, study_env, tmp_path: Path) -> None:
-    env = {**study_env, "SLOGUARD_VLLM_PYTHON": str(vllm_python)}
-    args = ["-m", "sloguard.tune", *REAL, "budget=2", "optimizer=random", "seed=11"]
+    """workers=2: two real servers at once, each on its own port, GPU list and process group."""
+    env = {**study_env, "SLOGUARD_VLLM_PYTHON": str(vllm_python), "CUDA_VISIBLE_DEVICES": "0,1"}
+    args = [*REAL, "budget=2", "workers=2", "optimizer=random", "seed=11", "study_name=pair"]
     proc = subprocess.run(
-        [sys.executable, *args], cwd=tmp_path, env={**os.environ, **env},
-        capture_output=True, text=True, timeout=600, check=False,
+        [sys.executable, "-m", "sloguard.tune", *args], cwd=tmp_path, env={**os.environ, **env},
+        capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     mlflow.set_tracking_uri(study_env["MLFLOW_TRACKING_URI"])
@@ -227,17 +228,19 @@ def test_two_trial_real_study_end_to_end(vllm_python, study_env, tmp_path: Path)
     study = runs[runs["tags.sloguard.role"] == "study"]
     trials = runs[runs["tags.sloguard.role"] == "trial"].sort_values("tags.sloguard.trial_number")
     assert len(study) == 1 and len(trials) == 2
+    assert set(trials["status"]) == {"FINISHED"}
     assert (trials["tags.backend"] == "vllm-cpu").all()
     assert (trials["tags.crash_category"] == "none").all()
     for metric in ("ttft_p50_ms", "ttft_p99_ms", "itl_p99_ms", "goodput_tok_s", "startup_s"):
         assert (trials[f"metrics.{metric}"] > 0).all(), metric
     assert (trials["metrics.completed"] == 24).all()
     assert (trials["metrics.server_generation_tokens"] >= 24 * 16).all()
-    assert (trials["metrics.harness_overhead_s"] < 5).all()
+    assert (trials["metrics.harness_overhead_s"] < 10).all()
     assert (trials["params.enforce_eager"] == "true").all()
     client = mlflow.MlflowClient()
-    logs = Path(study_env["SLOGUARD_STUDY_DIR"]).glob("*/server-logs/trial-*.log")
-    for run_id, log in zip(trials["run_id"], sorted(logs), strict=True):
+    folder = Path(study_env["SLOGUARD_STUDY_DIR"]) / "pair"
+    logs = sorted((folder / "server-logs").glob("trial-*.log"))
+    for run_id, log in zip(trials["run_id"], logs, strict=True):
         names = [a.path for a in client.list_artifacts(run_id, "server")]
         assert names == [f"server/{log.name}"]
         text = Path(client.download_artifacts(run_id, f"server/{log.name}")).read_text()
@@ -245,8 +248,13 @@ def test_two_trial_real_study_end_to_end(vllm_python, study_env, tmp_path: Path)
         pid = api_server_pid(log)
         assert pid is not None
         assert_group_gone(pid)
-    trial_log = next(Path(study_env["SLOGUARD_STUDY_DIR"]).glob("*/trials.jsonl"))
-    lines = [json.loads(x) for x in trial_log.read_text().splitlines()]
+    heads = [log.read_text().splitlines()[0] for log in logs]
+    devices = sorted(re.search(r"CUDA_VISIBLE_DEVICES=(\S+)\)", h)[1] for h in heads)
+    assert devices == ["0", "1"]  # one GPU list per worker
+    assert len({re.search(r"--port (\d+)", h)[1] for h in heads}) == 2
+    stored = optuna.load_study(study_name="pair", storage=StorageSpec().open(folder)).trials
+    assert max(t.datetime_start for t in stored) < min(t.datetime_complete for t in stored)
+    lines = [json.loads(x) for x in (folder / "trials.jsonl").read_text().splitlines()]
     assert [x["result"]["server"]["kv_cache_tokens"] > 0 for x in lines] == [True, True]
 
 
@@ -321,36 +329,3 @@ def test_capacity_search_on_a_config_vllm_rejects_is_a_config_crash(vllm_python)
     assert out["crash"]["category"] == "config" and out["crash"]["phase"] == "startup"
     assert out["metrics"] == {"capacity_rps": 0.0, "capacity_probes": 0.0}
     assert out["utility"] is None and not out["feasible"]
-
-
-@pytest.mark.vllm
-def test_two_workers_run_two_real_servers_at_once(vllm_python, study_env, tmp_path: Path) -> None:
-    """workers=2: two real servers, each on its own port, GPU list and process group."""
-    env = {**study_env, "SLOGUARD_VLLM_PYTHON": str(vllm_python), "CUDA_VISIBLE_DEVICES": "0,1"}
-    args = [*REAL, "budget=2", "workers=2", "optimizer=random", "seed=5", "study_name=pair"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "sloguard.tune", *args], cwd=tmp_path, env={**os.environ, **env},
-        capture_output=True, text=True, timeout=900, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    logs = sorted((Path(study_env["SLOGUARD_STUDY_DIR"]) / "pair" / "server-logs").glob("*.log"))
-    heads = [log.read_text().splitlines()[0] for log in logs]
-    assert len(heads) == 2
-    devices = sorted(re.search(r"CUDA_VISIBLE_DEVICES=(\S+)\)", h)[1] for h in heads)
-    assert devices == ["0", "1"]  # one GPU list per worker
-    ports = {re.search(r"--port (\d+)", h)[1] for h in heads}
-    assert len(ports) == 2
-    for log in logs:
-        pid = api_server_pid(log)
-        assert pid is not None
-        assert_group_gone(pid)
-    study = optuna.load_study(
-        study_name="pair",
-        storage=StorageSpec().open(Path(study_env["SLOGUARD_STUDY_DIR"]) / "pair"),
-    )
-    trials = study.get_trials()
-    assert all(t.user_attrs["crash_category"] == "none" for t in trials)
-    assert max(t.datetime_start for t in trials) < min(t.datetime_complete for t in trials)
-    mlflow.set_tracking_uri(study_env["MLFLOW_TRACKING_URI"])
-    runs = mlflow.search_runs(experiment_names=["sloguard"])
-    assert sorted(runs[runs["tags.sloguard.role"] == "trial"]["status"]) == ["FINISHED"] * 2
