@@ -23,6 +23,7 @@ import optuna
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from sloguard.backends import BACKENDS
 from sloguard.config import ConfigError, to_container
 from sloguard.evaluation import TrialStep, slo_from_config
 from sloguard.gpu_profile import visible_gpus
@@ -196,7 +197,10 @@ def _run_children(cfg: DictConfig, handle: StudyHandle, devices: list[str | None
     # children fork from a server that imported SLO-Guard once (not once per child); they get
     # this process's environment and folder as they are now, as spawned children would
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
+    backend_module = BACKENDS[cfg.backend.name].split(":")[0]
+    context.set_forkserver_preload(
+        [__name__, backend_module, "mlflow.store.tracking.sqlalchemy_store"]
+    )
     where = (dict(os.environ), os.getcwd(), _liveness.identity())
     children = [
         context.Process(target=_child, args=(container, gpus, where), name=f"sloguard-worker-{i}")

@@ -59,6 +59,16 @@ class StorageSpec:
     url: str | None = None
 
     def __post_init__(self) -> None:
+        if self.url is not None and not self.url.strip():
+            raise ConfigError(
+                "storage='' is invalid; leave it unset for the default journal file, or give a "
+                "URL (sqlite:///FILE, postgresql://USER@HOST/DB, redis://HOST:PORT) or a path"
+            )
+        if self.url is not None and re.fullmatch(r"sqlite(\+\w+)?://(/(:memory:)?)?", self.url):
+            raise ConfigError(
+                f"storage={self.url!r} is an in-memory database, gone when the process ends; "
+                "give a file: sqlite:///FILE"
+            )
         if self.url is not None and self.kind == "journal":  # (kind checks a URL's scheme)
             folder = Path(self.url).parent
             if not folder.is_dir():

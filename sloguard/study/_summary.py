@@ -7,7 +7,7 @@ import math
 import os
 from typing import TYPE_CHECKING, Any
 
-from sloguard.study._trials import finished_at, finished_trials, has_result, record_of
+from sloguard.study._trials import finished_at, finished_trials, record_of
 from sloguard.tracking import ProgressPoint, names
 
 if TYPE_CHECKING:
@@ -94,7 +94,3 @@ def export_trials(trials: Sequence[FrozenTrial], path: Path) -> Path:
     os.replace(tmp, path)
     return path
 
-
-def has_results(trials: Sequence[FrozenTrial]) -> bool:
-    """Whether any trial has finished."""
-    return any(has_result(t) for t in trials)

@@ -37,6 +37,8 @@ def test_each_worker_gets_its_own_gpus(compose, monkeypatch: pytest.MonkeyPatch)
             "grace_period=5 is invalid; it must be more than heartbeat_interval=10",
         ),
         ("storage=foo://x", "storage='foo://x' has an unknown scheme 'foo'; use sqlite:///FILE"),
+        ("storage=sqlite://", "storage='sqlite://' is an in-memory database, gone when"),
+        ("storage=/nowhere/j.log", "storage='/nowhere/j.log': the folder '/nowhere' does not"),
         ("study_name=../escape", "study_name='../escape' is invalid; use letters, digits"),
     ],
 )
