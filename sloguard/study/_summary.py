@@ -93,4 +93,3 @@ def export_trials(trials: Sequence[FrozenTrial], path: Path) -> Path:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
-
