@@ -67,3 +67,29 @@ def test_a_trial_with_a_server_log_gets_it_as_an_artifact(tmp_path) -> None:
     assert text == log.read_text()
     without = tracker.log_trial(TrialRecord(1, {}, TrialResult(config={"max_num_seqs": 4})))
     assert tracker.client.list_artifacts(without, "server") == []
+
+
+def test_a_summary_another_process_logged_first_is_kept_once(tmp_path) -> None:
+    """Two workers finishing one study log the same summary; the loser of the race retries."""
+    from mlflow.exceptions import MlflowException
+
+    from sloguard.tracking import StudyTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = StudyTracker.start(uri, "sloguard", "s", common_tags={"optimizer": "x"})
+    other = mlflow.MlflowClient(uri)
+    real_log_batch = tracker.client.log_batch
+    lost = []
+
+    def log_batch_losing_the_race(run_id, metrics=(), **kwargs):
+        if metrics and not lost:
+            lost.append(True)
+            other.log_batch(run_id, metrics=metrics)  # the other worker commits first
+            raise MlflowException("UNIQUE constraint failed: metrics.key, metrics.timestamp")
+        return real_log_batch(run_id, metrics=metrics, **kwargs)
+
+    tracker.client.log_batch = log_batch_losing_the_race  # type: ignore[method-assign]
+    tracker.finish({"num_trials": 8, "best_trial": 6}, [], step=7, timestamp_ms=1_000)
+    history = other.get_metric_history(tracker.run_id, "num_trials")
+    assert lost and [(m.step, m.value) for m in history] == [(7, 8.0)]
+    assert other.get_run(tracker.run_id).info.status == "FINISHED"

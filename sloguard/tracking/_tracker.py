@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 _BATCH = 100  # MLflow's limit of params per log_batch call
+_METRIC_BATCH = 1000  # MLflow's limit of metrics per log_batch call
+_DUPLICATE_RETRIES = 3
 
 
 def resolve_tracking_uri(configured: str | None) -> str:
@@ -294,9 +297,10 @@ class StudyTracker:
         logged = self.client.get_run(run_id).data.params
         params = {k: _param_value(v) for k, v in record.result.config.items()}
         self.client.log_batch(
-            run_id,
-            metrics=[Metric(k, v, stamp, 0) for k, v in trial_metrics(record).items()],
-            params=[Param(k, v) for k, v in params.items() if k not in logged],
+            run_id, params=[Param(k, v) for k, v in params.items() if k not in logged]
+        )
+        self._log_metrics(
+            run_id, [Metric(k, v, stamp, 0) for k, v in trial_metrics(record).items()]
         )
         self.client.log_dict(run_id, record.to_dict(), "trial.json")
         if requests_csv is not None and requests_csv.exists():
@@ -331,8 +335,7 @@ class StudyTracker:
                 metrics.append(
                     Metric(names.best(objective), p.best_utility, p.timestamp_ms, p.step)
                 )
-        for i in range(0, len(metrics), 1000):
-            self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
+        self._log_metrics(self.run_id, metrics)
 
     def finish(
         self,
@@ -355,10 +358,28 @@ class StudyTracker:
             for k, v in summary.items()
             if isinstance(v, (int, float)) and math.isfinite(float(v))
         ]
-        self.client.log_batch(self.run_id, metrics=metrics)
+        self._log_metrics(self.run_id, metrics)
         for path in artifacts:
             self.client.log_artifact(self.run_id, str(path))
         self.client.set_terminated(self.run_id, status)
+
+    def _log_metrics(self, run_id: str, metrics: list[Metric]) -> None:
+        """Log metrics in batches; points another process logged at the same moment are kept once.
+
+        Two workers finishing one study log the same summary points (same key, step, time and
+        value). MLflow's store skips exact duplicates when an insert collides, but one committed
+        by another process during that recovery fails the call; the retry then skips it too.
+        """
+        for i in range(0, len(metrics), _METRIC_BATCH):
+            batch = metrics[i : i + _METRIC_BATCH]
+            for attempt in range(_DUPLICATE_RETRIES):
+                try:
+                    self.client.log_batch(run_id, metrics=batch)
+                    break
+                except MlflowException:
+                    if attempt == _DUPLICATE_RETRIES - 1:
+                        raise
+                    time.sleep(0.05 * (attempt + 1))
 
     def set_tags(self, tags: dict[str, str], run_id: str | None = None) -> None:
         """Set tags on the study run (or on ``run_id``)."""
