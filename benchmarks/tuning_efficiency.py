@@ -115,11 +115,7 @@ def run_one_study(args: tuple[tuple[str, ...], str, int, int]) -> dict[str, Any]
     optimizer = create_optimizer(
         compose_config([*overrides, f"optimizer={name}"]).optimizer, step.space, seed, budget
     )
-    records = []
-    for number in range(budget):
-        record = step.run(optimizer, number)
-        optimizer.tell(record.params, record.result)
-        records.append(record)
+    records = step.run_untracked(optimizer, budget)
     best = best_trial(records)
     best_goodput, best_feasible, _ = (
         true_goodput(overrides, best.params) if best else (0.0, False, False)

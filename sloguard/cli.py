@@ -82,9 +82,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         "MLflow run get one, half-logged runs are completed, dead workers' trials are queued "
         "again, and finished studies are closed.",
     )
-    _add_sync_arguments(sync)
     report = sub.add_parser("report", help="paired-seed statistics and figures from MLflow")
-    _add_report_arguments(report)
+    # their options import the study and analysis packages: only for the command that needs them
+    command = next((a for a in (sys.argv[1:] if argv is None else argv) if a[:1] != "-"), None)
+    if command == "sync":
+        _add_sync_arguments(sync)
+    if command == "report":
+        _add_report_arguments(report)
     args, rest = parser.parse_known_args(argv)
     if args.command == "report":
         if rest:

@@ -182,6 +182,7 @@ class BackendConfig:
 
     name: str = MISSING
     timeout_s: float = 600.0  # load phase limit; past it the trial is a timeout crash
+    early_abort: bool = False  # stop a window once its SLO verdict is certainly infeasible
     # sim
     noise: float | None = None  # lognormal sigma of step-time jitter; None: hardware.step_noise
     cuda_error_rate: float = 0.0  # chance that a trial dies of a transient CUDA error
@@ -192,7 +193,9 @@ class BackendConfig:
     env: dict[str, str] = field(default_factory=dict)  # extra environment for the server
     extra_args: list[str] = field(default_factory=list)  # appended after the knob flags
     host: str = "127.0.0.1"
-    startup_timeout_s: float = 600.0  # no /health 200 by then: a timeout crash
+    startup_timeout_s: float = 600.0  # no /health 200 by then: a timeout crash, unless...
+    startup_stall_s: float = 120.0  # ...the log grew within this long: more time, up to
+    startup_max_s: float = 3600.0  # this cap; a start still progressing then is ``infra``
     stall_timeout_s: float = 60.0  # a stream silent this long is hung
     warmup_requests: int = 8  # short requests sent together before the measurement window
     shutdown_grace_s: float = 10.0  # SIGTERM, then SIGKILL after this
@@ -310,6 +313,9 @@ class Config:
     workers: Any = 1  # worker processes on this machine, or "auto" (GPUs / gpus_per_trial)
     heartbeat_interval: int = 10  # seconds between heartbeats of a running trial
     grace_period: int = 60  # seconds without a heartbeat after which a trial's worker is dead
+    # launches of one configuration again after a failure that is not its fault (infra); the
+    # study stops when twice that many launches in a row failed so
+    infra_retries: int = 1
 
 
 def register_configs() -> None:
@@ -368,8 +374,20 @@ def validate(cfg: DictConfig) -> None:
         _check_positive(f"hardware.{key}", cfg.hardware[key])
     if cfg.backend.noise is not None and cfg.backend.noise < 0:
         raise ConfigError(f"backend.noise={cfg.backend.noise} is invalid; it must be >= 0")
-    for key in ("timeout_s", "startup_timeout_s", "stall_timeout_s", "metrics_interval_s"):
+    for key in (
+        "timeout_s",
+        "startup_timeout_s",
+        "startup_stall_s",
+        "startup_max_s",
+        "stall_timeout_s",
+        "metrics_interval_s",
+    ):
         _check_positive(f"backend.{key}", cfg.backend[key])
+    if cfg.backend.startup_max_s < cfg.backend.startup_timeout_s:
+        raise ConfigError(
+            f"backend.startup_max_s={cfg.backend.startup_max_s} is invalid; it must be at least "
+            f"backend.startup_timeout_s={cfg.backend.startup_timeout_s}"
+        )
     _check_positive("optimizer.handoff", cfg.optimizer.handoff)
     _check_positive("optimizer.grid_util_step", cfg.optimizer.grid_util_step)
     _check_positive("space.kv_overcommit", cfg.space.kv_overcommit)
@@ -393,6 +411,10 @@ def _check_study(cfg: DictConfig) -> None:
         )
     for key in ("heartbeat_interval", "grace_period"):
         _check_positive(key, cfg[key])
+    if not isinstance(cfg.infra_retries, int) or cfg.infra_retries < 0:
+        raise ConfigError(
+            f"infra_retries={cfg.infra_retries!r} is invalid; it must be an integer >= 0"
+        )
     if cfg.grace_period <= cfg.heartbeat_interval:
         raise ConfigError(
             f"grace_period={cfg.grace_period} is invalid; it must be more than "

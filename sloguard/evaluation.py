@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
     from sloguard.backends import BaseBackend
+    from sloguard.optimizer import BaseOptimizer
 
 
 def slo_from_config(cfg: DictConfig) -> SloContract:
@@ -146,3 +147,15 @@ class TrialStep:
         return TrialRecord(
             number, params, result, phase, list(repair.changes), time.perf_counter() - start
         )
+
+    def run_untracked(self, optimizer: BaseOptimizer, budget: int) -> list[TrialRecord]:
+        """``budget`` trials in this process, ask -> evaluate -> tell, with no storage or MLflow.
+
+        For benchmarks that run many studies; a user's study is :func:`sloguard.study.run_study`.
+        """
+        records = []
+        for number in range(budget):
+            record = self.evaluate(optimizer.ask(number), number, optimizer.phase)
+            optimizer.tell(record.params, record.result)
+            records.append(record)
+        return records

@@ -34,6 +34,7 @@ from sloguard.workload import Workload, rounds_after
 
 TIMEOUT_ERROR = "timeout"  # prefix of errors of requests cut by the load-phase limit
 HUNG_ERROR = "hung"  # prefix of errors of streams that stopped producing tokens
+ABORT_ERROR = "aborted"  # prefix of errors of requests cut short by an early abort
 _FIRST_ID = 16  # token ids below this are left alone (special tokens sit low in small vocabs)
 
 
@@ -49,6 +50,7 @@ class LoadSettings:
         stall_timeout_s: A stream with no data for this long is hung.
         load_timeout_s: The whole load phase's limit; unfinished requests then fail.
         connect_timeout_s: Limit for opening a connection.
+        abort_check_s: How often an early-abort rule is asked during the load.
     """
 
     base_url: str
@@ -58,6 +60,7 @@ class LoadSettings:
     stall_timeout_s: float = 60.0
     load_timeout_s: float = 600.0
     connect_timeout_s: float = 10.0
+    abort_check_s: float = 0.25
 
     @property
     def completions_url(self) -> str:
@@ -72,11 +75,18 @@ class LoadResult:
         records: One per workload request, in workload order.
         duration_s: First send to last token (the benchmark duration).
         timed_out: The load-phase limit cut some requests.
+        aborted: Why the load was stopped early (its SLO verdict was certain), or ``None``.
     """
 
     records: list[RequestRecord]
     duration_s: float
     timed_out: bool = False
+    aborted: str | None = None
+
+    @property
+    def finished(self) -> list[RequestRecord]:
+        """The records an early abort did not cut short (all of them without one)."""
+        return [r for r in self.records if not (r.error or "").startswith(ABORT_ERROR)]
 
     @property
     def errors(self) -> list[str]:
@@ -136,8 +146,14 @@ async def generate(
     settings: LoadSettings,
     *,
     monitor: Callable[[], Coroutine[Any, Any, None]] | None = None,
+    abort: Callable[[list[RequestRecord]], str | None] | None = None,
 ) -> LoadResult:
-    """Send ``workload`` to the server; ``monitor`` runs beside the load and is then cancelled."""
+    """Send ``workload`` to the server; ``monitor`` runs beside the load and is then cancelled.
+
+    ``abort`` is asked every ``settings.abort_check_s`` while the load runs; once it gives a
+    reason, the load stops: requests in flight or unsent fail as ``aborted`` and the duration
+    ends at the last completion.
+    """
     prompts = build_prompts(workload, settings.vocab_size, settings.seed)
     n = len(workload)
     records = [
@@ -195,26 +211,42 @@ async def generate(
             if tasks:
                 await asyncio.wait(tasks)
 
-        timed_out = False
+        timed_out, aborted = False, None
+
+        async def watch() -> str:
+            assert abort is not None
+            while (reason := abort(records)) is None:
+                await asyncio.sleep(settings.abort_check_s)
+            return reason
+
+        load = asyncio.ensure_future(asyncio.wait_for(dispatch(), settings.load_timeout_s))
+        running = [load] + ([asyncio.ensure_future(watch())] if abort is not None else [])
         try:
-            await asyncio.wait_for(dispatch(), settings.load_timeout_s)
+            await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            if load.done():
+                load.result()
+            else:
+                aborted = running[1].result()
         except asyncio.TimeoutError:
             timed_out = True
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
         finally:
+            for task in (*tasks, *running):
+                task.cancel()
+            await asyncio.gather(*tasks, *running, return_exceptions=True)
             if monitor_task is not None:
                 monitor_task.cancel()
                 await asyncio.gather(monitor_task, return_exceptions=True)
     for record in records:
         if record.error is None and not record.success:
             sent = record.send_time >= 0
-            record.error = (
-                f"{TIMEOUT_ERROR}: {'unfinished' if sent else 'not sent'} after "
-                f"{settings.load_timeout_s:g} s of load"
-            )
-    return LoadResult(records, _duration(records), timed_out)
+            if aborted is not None:
+                record.error = f"{ABORT_ERROR}: {'unfinished' if sent else 'not sent'}"
+            else:
+                record.error = (
+                    f"{TIMEOUT_ERROR}: {'unfinished' if sent else 'not sent'} after "
+                    f"{settings.load_timeout_s:g} s of load"
+                )
+    return LoadResult(records, _duration(records), timed_out, aborted)
 
 
 @contextlib.asynccontextmanager

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sloguard import slo_contract
 from sloguard.crash_classifier import CrashInfo
+from sloguard.early_abort import truncate
 from sloguard.request_class import RequestClasses
 from sloguard.result import RequestRecord, TrialResult
 from sloguard.slo_contract import PERCENTILES, SloContract
@@ -132,6 +133,9 @@ def summarize(
     return metrics
 
 
+_GOODPUT = ("goodput_tok_s", "request_goodput_rps")
+
+
 def _goodput(
     records: Sequence[RequestRecord], good: np.ndarray, counted: np.ndarray, duration_s: float
 ) -> dict[str, float]:
@@ -153,33 +157,58 @@ def build_result(
     crash: CrashInfo | None = None,
     server: dict[str, float] | None = None,
     classes: RequestClasses | None = None,
+    aborted: str | None = None,
 ) -> TrialResult:
     """Assemble a TrialResult: metrics from the records, then feasibility and utility.
 
-    A crash makes the trial infeasible with no utility, whatever requests completed before it.
-    With request classes, a trial is feasible when its attainment reaches the target.
+    ``aborted`` is why the window was stopped early; ``records`` are then those finished by then
+    (the verdict, infeasible, is certain whatever the rest would have done). An infeasible
+    trial's utility is its SLO violation at the moment the miss became certain (where an early
+    abort stops), so it is the same whether the window was cut there or ran on.
+
+    A crash makes the trial infeasible with no utility and no goodput, whatever requests
+    completed before it (their latencies stay). With request classes, a trial is feasible when
+    its attainment reaches the target.
     """
     metrics = summarize(records, duration_s, slo, classes) if records else {}
+    if crash is not None:
+        metrics = {
+            k: v for k, v in metrics.items() if not k.rsplit("/", 1)[-1].startswith(_GOODPUT)
+        }
     result = TrialResult(
         config=dict(config),
         metrics=metrics,
         crash=crash,
         server=dict(server or {}),
         requests=list(records),
+        aborted_early=aborted,
     )
-    if crash is None and metrics and classes is not None:
+    if crash is None and metrics:
+        result.feasible, result.utility = _verdict(metrics, slo, classes)
+        if aborted is not None:
+            result.feasible = False
+        elif not result.feasible and (cut := truncate(records, slo, classes)) is not None:
+            kept, at, _ = cut
+            start = min(r.send_time for r in records if r.send_time >= 0)
+            _, result.utility = _verdict(summarize(kept, at - start, slo, classes), slo, classes)
+    return result
+
+
+def _verdict(
+    metrics: dict[str, float], slo: SloContract, classes: RequestClasses | None
+) -> tuple[bool, float]:
+    """Feasibility and utility from a window's figures (attainment decides with classes)."""
+    if classes is not None:
         share = metrics["attainment"]
-        result.feasible = share >= slo.attainment_target - 1e-12
-        result.utility = slo_contract.attainment_utility(
+        utility = slo_contract.attainment_utility(
             metrics["goodput_tok_s"], share, slo.attainment_target
         )
-    elif crash is None and metrics:
-        ttft = metrics[f"ttft_p{slo.percentile:g}_ms"]
-        itl = metrics[f"itl_p{slo.percentile:g}_ms"]
-        failed = metrics["failed"] / metrics["num_requests"]
-        result.feasible = slo_contract.is_feasible(ttft, itl, failed, slo)
-        result.utility = slo_contract.utility(metrics["goodput_tok_s"], ttft, itl, failed, slo)
-    return result
+        return share >= slo.attainment_target - 1e-12, utility
+    ttft = metrics[f"ttft_p{slo.percentile:g}_ms"]
+    itl = metrics[f"itl_p{slo.percentile:g}_ms"]
+    failed = metrics["failed"] / metrics["num_requests"]
+    feasible = slo_contract.is_feasible(ttft, itl, failed, slo)
+    return feasible, slo_contract.utility(metrics["goodput_tok_s"], ttft, itl, failed, slo)
 
 
 def requests_table(

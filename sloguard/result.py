@@ -59,6 +59,8 @@ class TrialResult:
         server: Engine-side facts (KV cache tokens, preemptions, startup time, ...).
         requests: Per-request records; kept out of the trial log (written as a table instead).
         server_log: Path of the real server's log, if one ran.
+        aborted_early: Why the measurement window was stopped once its SLO verdict (infeasible)
+            was certain, or ``None`` if it ran to the end.
     """
 
     config: dict[str, Any]
@@ -69,6 +71,7 @@ class TrialResult:
     server: dict[str, float] = field(default_factory=dict)
     requests: list[RequestRecord] = field(default_factory=list, repr=False)
     server_log: str | None = None
+    aborted_early: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict without the per-request records."""
@@ -80,6 +83,7 @@ class TrialResult:
             "utility": self.utility,
             "server": self.server,
             "server_log": self.server_log,
+            "aborted_early": self.aborted_early,
         }
 
     @classmethod
@@ -93,6 +97,7 @@ class TrialResult:
             utility=data.get("utility"),
             server=data.get("server", {}),
             server_log=data.get("server_log"),
+            aborted_early=data.get("aborted_early"),
         )
 
 

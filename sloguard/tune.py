@@ -29,7 +29,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from sloguard.backends import backend_class
 from sloguard.config import ConfigError, register_configs, validate
-from sloguard.study import StorageSpec, StudyIncomplete, run_study
+from sloguard.study import StorageSpec, StudyIncomplete, StudyStopped, run_study
 
 CONF_DIR = Path(os.environ.get("SLOGUARD_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
 # Hydra flags after which validation is skipped (they print, they do not run)
@@ -110,6 +110,13 @@ def check_overrides(argv: Sequence[str]) -> None:
             overrides.append(arg)
     for combo in expand_sweeps(overrides):
         cfg = compose_config(combo)
+        pinned = [k for k, v in cfg.knobs.items() if v is not None]
+        if pinned:
+            raise ConfigError(
+                f"knobs.{pinned[0]}={cfg.knobs[pinned[0]]} fixes one configuration for "
+                f"`sloguard evaluate`; a study searches the space: pin a knob with "
+                f"space.{pinned[0]}.choices=[...] or narrow its space.{pinned[0]}.low/high"
+            )
         backend_class(cfg.backend.name).preflight(cfg)
         StorageSpec(cfg.storage).check_reachable()
 
@@ -122,7 +129,7 @@ def _job(cfg: DictConfig) -> float | None:
     except ConfigError as e:
         print(f"sloguard: error: {e}", file=sys.stderr)
         sys.exit(2)
-    except StudyIncomplete as e:
+    except (StudyIncomplete, StudyStopped) as e:
         print(f"sloguard: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

@@ -98,7 +98,13 @@ def test_bad_overrides_fail_with_one_clear_line(compose, override: str, expected
 
 
 @pytest.mark.parametrize(
-    "args", [["optimizer=foo"], ["budget=0"], ["-m", "seed=1,2", "optimizer=random,nope"]]
+    "args",
+    [
+        ["optimizer=foo"],
+        ["budget=0"],
+        ["-m", "seed=1,2", "optimizer=random,nope"],
+        ["knobs.enforce_eager=false"],  # evaluate's fixed knobs: a study would ignore them
+    ],
 )
 def test_cli_rejects_bad_input_and_writes_nothing(
     study_env, tmp_path: Path, args: list[str]

@@ -75,11 +75,13 @@ def test_result_feasibility_counts_failures(records: list[RequestRecord]) -> Non
     assert ok.feasible and ok.utility == pytest.approx(ok.metrics["goodput_tok_s"])
 
 
-def test_crash_has_no_utility(records: list[RequestRecord]) -> None:
+def test_crash_has_no_utility_and_no_goodput(records: list[RequestRecord]) -> None:
     crash = CrashInfo(CrashCategory.OOM, "x", "CUDA out of memory", phase="load")
     result = build_result({}, SloContract(), records, 1.0, crash=crash)
     assert not result.feasible and result.utility is None
     assert result.metrics["completed"] == 2  # what finished before the crash is kept
+    assert not [k for k in result.metrics if "goodput" in k]
+    assert build_result({}, SloContract(), records, 1.0).metrics["goodput_tok_s"] > 0
     empty = build_result({}, SloContract(), crash=crash)
     assert empty.metrics == {}
 

@@ -28,7 +28,7 @@ from sloguard.study._study import (
 )
 from sloguard.study._summary import best_trial, export_trials, study_records, summarize_study
 from sloguard.study._trials import Slots
-from sloguard.study._worker import Worker, WorkerSettings
+from sloguard.study._worker import StudyStopped, Worker, WorkerSettings
 
 __all__ = [
     "JOURNAL_NAME",
@@ -39,6 +39,7 @@ __all__ = [
     "StudyHandle",
     "StudyIncomplete",
     "StudyOutcome",
+    "StudyStopped",
     "Worker",
     "WorkerSettings",
     "attach_study",

@@ -32,10 +32,10 @@ from sloguard.space import SearchSpace
 from sloguard.study import _liveness
 from sloguard.study._mirror import MirrorReport, reconcile
 from sloguard.study._proposer import Proposer
-from sloguard.study._study import StudyHandle, attach_study, open_study
+from sloguard.study._study import STOPPED_ATTR, StudyHandle, attach_study, open_study
 from sloguard.study._summary import best_trial, export_trials, study_records, summarize_study
 from sloguard.study._trials import Slots, finished_at, finished_trials, reap_dead_trials
-from sloguard.study._worker import Worker, WorkerSettings
+from sloguard.study._worker import StudyStopped, Worker, WorkerSettings
 from sloguard.tracking import resolve_tracking_uri
 
 if TYPE_CHECKING:
@@ -99,6 +99,7 @@ def run_study(
     Raises:
         ConfigError: Bad input (nothing written).
         StudyIncomplete: The workers stopped before the budget was reached.
+        StudyStopped: Launches kept failing through no fault of their configurations.
     """
     devices = plan_workers(cfg)
     handle = open_study(cfg, env_run_id=env_run_id, nest_under_env_run=nest_under_env_run)
@@ -109,6 +110,8 @@ def run_study(
         )
         return _outcome(handle, skipped=True)
     reconcile_study(handle)
+    if handle.stopped():  # an earlier command stopped it; this one tries again
+        handle.study.set_user_attr(STOPPED_ATTR, "")
     handle.tracker.set_status("RUNNING")
     try:
         with _sigterm_interrupts():
@@ -120,6 +123,8 @@ def run_study(
         finish_study(handle)
         raise
     finish_study(handle)
+    if (why := handle.stopped()) is not None:
+        raise StudyStopped(why)
     slots = handle.slots()
     if not slots.complete:
         raise StudyIncomplete(
@@ -141,7 +146,9 @@ def make_worker(
     )
     proposer = Proposer(lambda: create_optimizer(cfg.optimizer, space, cfg.seed, cfg.budget))
     settings = WorkerSettings(
-        heartbeat_interval=cfg.heartbeat_interval, log_requests=cfg.tracking.log_requests
+        heartbeat_interval=cfg.heartbeat_interval,
+        log_requests=cfg.tracking.log_requests,
+        infra_retries=cfg.infra_retries,
     )
     return Worker(handle, step, proposer, settings, on_trial)
 
@@ -171,7 +178,7 @@ def finish_study(handle: StudyHandle) -> MirrorReport:
             timestamp_ms=int(max(finished_at(t) for t in done) * 1000),
         )
     elif slots.running == 0:
-        handle.tracker.set_status("KILLED")
+        handle.tracker.set_status("FAILED" if handle.stopped() else "KILLED")
     return report
 
 
@@ -253,6 +260,8 @@ def _child(
         make_worker(cfg, handle).run()
     except KeyboardInterrupt:
         sys.exit(130)
+    except StudyStopped:
+        sys.exit(1)  # the command that started this worker says why
     if _liveness.is_alive(command) is False and handle.slots().complete:
         finish_study(handle)
 

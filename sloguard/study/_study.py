@@ -49,7 +49,10 @@ NOT_HASHED = (
     "workers",
     "heartbeat_interval",
     "grace_period",
+    "infra_retries",
     "backend.startup_sleep_s",
+    "backend.startup_stall_s",
+    "backend.startup_max_s",
 )
 # study user attributes
 CONFIG_HASH_ATTR = "sloguard:config_hash"
@@ -58,6 +61,7 @@ BUDGET_ATTR = "sloguard:budget"
 CREATED_ATTR = "sloguard:created"
 CREATOR_ATTR = "sloguard:creator"
 RUN_ATTR = "sloguard:mlflow_run_id"
+STOPPED_ATTR = "sloguard:stopped"  # why the workers stopped the study (cleared by the next run)
 TRACKING_ATTR = "sloguard:tracking_uri"
 READY_ATTR = "sloguard:ready"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -120,6 +124,10 @@ class StudyHandle:
     def trials(self) -> list[FrozenTrial]:
         """Every trial in the storage now."""
         return self.study.get_trials(deepcopy=False)
+
+    def stopped(self) -> str | None:
+        """Why a worker stopped the study (failures that are not the configurations' fault)."""
+        return self.study.user_attrs.get(STOPPED_ATTR) or None
 
     def budget(self) -> int:
         """The study's budget (another command may have extended it)."""

@@ -38,6 +38,7 @@ RESULT_ATTR = "sloguard:result"  # the finished trial's record
 WORKER_ATTR = "sloguard:worker"  # who runs it (see _liveness.identity)
 PHASE_ATTR = "sloguard:phase"  # the optimizer phase that proposed it
 INFRA_ATTR = "sloguard:infra"  # why it failed without a result (not the configuration's fault)
+INFRA_RECORD_ATTR = "sloguard:infra_record"  # the launch's record, when the server failed so
 FIXED = "fixed_params"  # Optuna's own key for a trial's preset parameters
 MAX_SAME_PARAMS_RERUNS = 1  # a dead worker's proposal is re-run once, then proposed afresh
 
@@ -166,7 +167,13 @@ def _shown(record: TrialRecord) -> dict[str, Any]:
     }
 
 
-def fail_and_requeue(study: optuna.Study, storage: BaseStorage, trial_id: int, why: str) -> bool:
+def fail_and_requeue(
+    study: optuna.Study,
+    storage: BaseStorage,
+    trial_id: int,
+    why: str,
+    same_params_reruns: int = MAX_SAME_PARAMS_RERUNS,
+) -> bool:
     """Fail a running trial as an infrastructure event and queue its number again.
 
     A trial whose result was already stored (its worker died between storing and telling) is
@@ -191,21 +198,23 @@ def fail_and_requeue(study: optuna.Study, storage: BaseStorage, trial_id: int, w
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
     except UpdateFinishedTrialError:
         return False
-    requeue(study, storage.get_trial(trial_id))
+    requeue(study, storage.get_trial(trial_id), same_params_reruns)
     return True
 
 
-def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
+def requeue(
+    study: optuna.Study, trial: FrozenTrial, same_params_reruns: int = MAX_SAME_PARAMS_RERUNS
+) -> None:
     """Queue a failed trial's number again (Optuna's stale-trial callback; also ours).
 
-    The first re-run keeps the proposal; later ones ask the optimizer afresh, so one
-    configuration that keeps killing its worker cannot stall the study.
+    The first ``same_params_reruns`` re-runs keep the proposal; later ones ask the optimizer
+    afresh, so one configuration that keeps killing its worker cannot stall the study.
     """
     if has_result(trial) or trial.user_attrs.get(INFRA_ATTR, "").startswith("duplicate"):
         return
     history = [*trial.system_attrs.get("retry_history", []), trial.number]
     reruns = sum(1 for n in history if n != history[0])
-    same = bool(proposal_of(trial)) and reruns < MAX_SAME_PARAMS_RERUNS
+    same = bool(proposal_of(trial)) and reruns < same_params_reruns
     user_attrs = {NUMBER_ATTR: number_of(trial)}
     if same and PHASE_ATTR in trial.user_attrs:
         user_attrs[PHASE_ATTR] = trial.user_attrs[PHASE_ATTR]
@@ -251,6 +260,21 @@ def reap_dead_trials(study: optuna.Study, storage: BaseStorage, grace_period: in
         optuna.storages.fail_stale_trials(study)
         reaped += len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))) - before
     return reaped
+
+
+def infra_streak(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The launches that failed through no fault of their configuration since the last result."""
+    ended = sorted(
+        (t for t in trials if t.state.is_finished() and t.datetime_complete is not None),
+        key=lambda t: t.datetime_complete,  # type: ignore[arg-type,return-value]
+    )
+    streak: list[FrozenTrial] = []
+    for t in reversed(ended):
+        if has_result(t):
+            break
+        if INFRA_RECORD_ATTR in t.user_attrs:
+            streak.append(t)
+    return streak
 
 
 def stop_trial(study: optuna.Study, storage: BaseStorage, trial_id: int, why: str) -> None:

@@ -25,13 +25,17 @@ from sloguard.metrics_collector import requests_table
 from sloguard.optimizer._tpe import suggest
 from sloguard.study import _liveness
 from sloguard.study._mirror import log_progress, log_trial, requests_csv
+from sloguard.study._study import STOPPED_ATTR
 from sloguard.study._trials import (
     FIXED,
+    INFRA_RECORD_ATTR,
     PHASE_ATTR,
     WORKER_ATTR,
     Slots,
     claim,
+    fail_and_requeue,
     finished_trials,
+    infra_streak,
     number_of,
     proposal_of,
     reap_dead_trials,
@@ -59,11 +63,18 @@ class WorkerSettings:
         heartbeat_interval: Seconds between heartbeats of the running trial.
         log_requests: Write and log each trial's per-request table.
         poll_s: Seconds between looks at the study while waiting for other workers.
+        infra_retries: Launches of a configuration again after a failure that is not its
+            fault; twice that many such failures in a row stop the study.
     """
 
     heartbeat_interval: int = 10
     log_requests: bool = True
     poll_s: float = 0.5
+    infra_retries: int = 1
+
+
+class StudyStopped(RuntimeError):
+    """Launches keep failing through no fault of their configurations (one line says why)."""
 
 
 class Worker:
@@ -96,6 +107,8 @@ class Worker:
         handle = self.handle
         ran = 0
         while True:
+            if (why := handle.stopped()) is not None:
+                raise StudyStopped(why)
             reap_dead_trials(handle.study, handle.storage, handle.grace_period)
             budget = handle.budget()
             trial_id = claim(handle.study, handle.storage, budget)
@@ -114,6 +127,10 @@ class Worker:
         try:
             with _Heartbeat(storage, trial_id, self.settings.heartbeat_interval):
                 record = self._evaluate(trial_id)
+                crash = record.result.crash
+                if crash is not None and not crash.configuration_fault:
+                    self._infra_failure(trial_id, record)
+                    return False
                 trial = optuna.Trial(handle.study, trial_id)
                 try:
                     store_result(handle.study, trial, record)
@@ -135,6 +152,31 @@ class Worker:
         if self.on_trial is not None:
             self.on_trial(record)
         return True
+
+    def _infra_failure(self, trial_id: int, record: TrialRecord) -> None:
+        """Fail the trial without a result and queue it again; stop a study where it repeats.
+
+        The optimizer never sees it: it is not a crash of the configuration.
+        """
+        handle, retries = self.handle, self.settings.infra_retries
+        crash = record.result.crash
+        assert crash is not None
+        why = f"{crash.category.value}/{crash.subcause}: {crash.evidence}"
+        handle.storage.set_trial_user_attr(trial_id, INFRA_RECORD_ATTR, record.to_dict())
+        fail_and_requeue(handle.study, handle.storage, trial_id, why, retries)
+        streak = infra_streak(handle.trials())
+        print(
+            f"sloguard: trial {record.number} failed through no fault of its configuration "
+            f"({why[:300]}); it runs again",
+            file=sys.stderr,
+        )
+        if len(streak) >= 2 * (retries + 1):
+            reason = (
+                f"study {handle.name} stopped: the last {len(streak)} launches failed through no "
+                f"fault of their configurations; the latest: {why[:300]}"
+            )
+            handle.study.set_user_attr(STOPPED_ATTR, reason)
+            raise StudyStopped(reason)
 
     def _evaluate(self, trial_id: int) -> TrialRecord:
         """Propose (unless the trial is a re-run with its proposal), record params, evaluate."""

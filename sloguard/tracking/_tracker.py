@@ -93,6 +93,7 @@ def trial_metrics(record: TrialRecord) -> dict[str, float]:
         **result.server,
         "wall_s": record.wall_s,
         names.FEASIBLE: float(result.feasible),
+        names.ABORTED_EARLY: float(result.aborted_early is not None),
     }
     if result.utility is not None:
         values[names.UTILITY] = result.utility
@@ -105,19 +106,22 @@ def trial_metrics(record: TrialRecord) -> dict[str, float]:
 
 def trial_tags(record: TrialRecord, common: dict[str, str]) -> dict[str, str]:
     """Tags of a trial run: crash category and cause, phase, feasibility, repairs."""
-    crash = record.result.crash
+    result = record.result
+    crash = result.crash
     tags = {
         **common,
         names.ROLE: names.TRIAL_ROLE,
         names.TRIAL_NUMBER: str(record.number),
         names.PHASE: record.phase,
-        names.FEASIBLE: str(record.result.feasible).lower(),
+        names.FEASIBLE: str(result.feasible).lower(),
         names.CRASH_CATEGORY: crash.category.value if crash else "none",
     }
     if crash:
         tags[names.CRASH_SUBCAUSE] = crash.subcause
         tags[names.CRASH_PHASE] = crash.phase
         tags[names.CRASH_EVIDENCE] = crash.evidence[:4000]
+    if result.aborted_early:
+        tags[names.ABORT_REASON] = result.aborted_early[:4000]
     if record.repairs:
         tags[names.REPAIRS] = "; ".join(record.repairs)[:4000]
     return tags

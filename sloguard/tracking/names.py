@@ -30,6 +30,7 @@ CRASH_SUBCAUSE = "crash_subcause"
 CRASH_PHASE = "crash_phase"
 CRASH_EVIDENCE = "crash_evidence"
 REPAIRS = "repairs"
+ABORT_REASON = "abort_reason"  # why the measurement window stopped early (infeasible for sure)
 BEST_PREFIX = "best."  # study run: the best trial's launched knobs
 
 # metrics of a trial run (from the trial's result)
@@ -42,6 +43,7 @@ ATTAINMENT = "attainment"
 OUTPUT_THROUGHPUT = "output_throughput_tok_s"
 CAPACITY = "capacity_rps"
 UTILITY = "utility"
+ABORTED_EARLY = "aborted_early"  # 1: the window stopped once the trial was certainly infeasible
 
 # metrics of a study run: per-trial curves (step = trial number), then the study's summary
 CRASHES = "crashes"

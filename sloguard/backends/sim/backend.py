@@ -13,6 +13,7 @@ from sloguard.backends.sim._engine import EngineSettings, make_jitter, run_engin
 from sloguard.backends.sim._memory import load_oom, plan_memory, startup_seconds
 from sloguard.backends.sim._roofline import StepTimeModel
 from sloguard.crash_classifier import CrashCategory, CrashInfo
+from sloguard.early_abort import truncate
 from sloguard.metrics_collector import build_result
 from sloguard.result import TrialResult
 from sloguard.slo_contract import SloContract
@@ -115,6 +116,19 @@ class SimBackend(BaseBackend):
             prefix_cache_hit_rate=round(run.prefix_cache_hit_rate, 4),
             sim_wall_s=round(time.perf_counter() - wall, 4),
         )
+        cut = truncate(run.records, slo, workload.classes) if backend.early_abort else None
+        if cut is not None:  # what a live window would have kept when it stopped
+            kept, at, reason = cut
+            start = min(r.send_time for r in run.records if r.send_time >= 0)
+            return build_result(
+                config,
+                slo,
+                kept,
+                at - start,
+                server=server,
+                classes=workload.classes,
+                aborted=reason,
+            )
         if run.timed_out:
             unfinished = sum(1 for r in run.records if r.error and r.error.startswith("timeout"))
             crash = CrashInfo(

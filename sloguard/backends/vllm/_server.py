@@ -68,6 +68,18 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def oom_kills() -> int | None:
+    """The kernel's count of OOM-killer kills since boot (``None`` where it is not readable)."""
+    try:
+        for line in Path("/proc/vmstat").read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == "oom_kill":
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -130,17 +142,48 @@ class ServerProcess:
         except (urllib.error.URLError, OSError, ValueError):
             return False
 
-    def wait_ready(self, timeout_s: float, poll_s: float = 0.25) -> str:
-        """Wait for /health: ``ready``, ``exited`` (the server died) or ``timeout``."""
-        deadline = self.started + timeout_s
+    def wait_ready(
+        self,
+        timeout_s: float,
+        *,
+        stall_s: float | None = None,
+        max_s: float | None = None,
+        poll_s: float = 0.25,
+    ) -> str:
+        """Wait for /health: ``ready``, ``exited``, ``timeout`` or ``still_progressing``.
+
+        Past ``timeout_s`` the server keeps getting time while its log keeps growing (loading,
+        profiling, compiling, capturing graphs print as they go): it times out once the log has
+        been silent for ``stall_s``, and a start still progressing at ``max_s`` is cut short as
+        ``still_progressing`` (the host, not the configuration, is slow). Without ``stall_s`` the
+        limit is ``timeout_s`` alone.
+        """
+        cap = timeout_s if stall_s is None else max(max_s or timeout_s, timeout_s)
+        size, last_growth = self._log_size(), time.perf_counter()
         while True:
             if self.exit_code is not None:
                 return "exited"
-            if self.healthy(timeout_s=min(2.0, max(deadline - time.perf_counter(), 0.1))):
+            now = time.perf_counter()
+            elapsed = now - self.started
+            budget = (timeout_s if elapsed < timeout_s else cap) - elapsed
+            if self.healthy(timeout_s=min(2.0, max(budget, 0.1))):
                 return "ready"
-            if time.perf_counter() >= deadline:
-                return "timeout"
+            now = time.perf_counter()
+            if (grown := self._log_size()) != size:
+                size, last_growth = grown, now
+            elapsed = now - self.started
+            if elapsed >= timeout_s:
+                if stall_s is None or now - last_growth >= stall_s:
+                    return "timeout"
+                if elapsed >= cap:
+                    return "still_progressing"
             time.sleep(poll_s)
+
+    def _log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
 
     def stop(self, grace_s: float) -> float:
         """SIGTERM the group, SIGKILL what is left after ``grace_s``; returns seconds taken."""

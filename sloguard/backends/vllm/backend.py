@@ -22,10 +22,11 @@ import aiohttp
 import numpy as np
 
 from sloguard.backends._base import BaseBackend
-from sloguard.backends.vllm._server import ServerProcess, free_port, terminate_raises
+from sloguard.backends.vllm._server import ServerProcess, free_port, oom_kills, terminate_raises
 from sloguard.config import ConfigError
 from sloguard.crash_classifier import CrashCategory, CrashInfo, classify
-from sloguard.load_generator import HUNG_ERROR, LoadResult, LoadSettings, generate
+from sloguard.early_abort import hopeless
+from sloguard.load_generator import ABORT_ERROR, HUNG_ERROR, LoadResult, LoadSettings, generate
 from sloguard.metrics_collector import (
     ServerMetrics,
     build_result,
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 
     from omegaconf import DictConfig
 
-    from sloguard.result import TrialResult
+    from sloguard.result import RequestRecord, TrialResult
     from sloguard.slo_contract import SloContract
 
 _BOOL_FLAGS = ("enforce_eager", "enable_chunked_prefill", "enable_prefix_caching")
@@ -156,6 +157,7 @@ class VllmBackend(BaseBackend):
         facts: dict[str, float] = {}
         measured: list[_Measured] = []
         failure: str | None = None
+        kills_before = oom_kills()
         with terminate_raises():
             server = ServerProcess(
                 launch_argv(self.cfg, config, port=port, seed=seed),
@@ -166,7 +168,11 @@ class VllmBackend(BaseBackend):
             )
             self.server = self.last_server = server
             try:
-                state = server.wait_ready(backend.startup_timeout_s)
+                state = server.wait_ready(
+                    backend.startup_timeout_s,
+                    stall_s=backend.startup_stall_s,
+                    max_s=backend.startup_max_s,
+                )
                 facts["startup_s"] = time.perf_counter() - server.started
                 if state == "ready":
                     failure = self._measure(
@@ -174,14 +180,22 @@ class VllmBackend(BaseBackend):
                     )
                 else:
                     failure = state
-            finally:
+            finally:  # the evidence is read before teardown adds its own shutdown lines
                 exit_code = server.exit_code
+                log_text = server.log_text()
+                kills_after = oom_kills()
                 facts["teardown_s"] = server.stop(backend.shutdown_grace_s)
                 self.server = None
-        facts.update(parse_startup_log(server.log_text()))
+        facts.update(parse_startup_log(log_text))
         load_s = sum(m.seconds for m in measured)
         facts["harness_overhead_s"] = time.perf_counter() - wall - facts["startup_s"] - load_s
-        crash = self._crash(failure, server, exit_code, measured[-1].load if measured else None)
+        evidence = _Evidence(
+            log_text,
+            exit_code,
+            oom_killed=None not in (kills_before, kills_after) and kills_after != kills_before,
+            startup_s=facts["startup_s"],
+        )
+        crash = self._crash(failure, evidence, measured[-1].load if measured else None)
         results = []
         for i, m in enumerate(measured or [None]):
             server_facts = {
@@ -192,11 +206,12 @@ class VllmBackend(BaseBackend):
             result = build_result(
                 config,
                 slo,
-                m.load.records if m else (),
+                m.load.finished if m else (),
                 m.load.duration_s if m else 0.0,
                 crash=crash if i == len(measured) - 1 or not m else None,
                 server={k: round(v, 4) for k, v in server_facts.items()},
                 classes=m.workload.classes if m else None,
+                aborted=m.load.aborted if m else None,
             )
             result.server_log = str(log_path)
             results.append(result)
@@ -237,10 +252,17 @@ class VllmBackend(BaseBackend):
         while (workload := next_workload(seen)) is not None:
             metrics = ServerMetrics()
             start = time.perf_counter()
-            load = asyncio.run(self._load(settings, workload, metrics))
+            load = asyncio.run(self._load(settings, workload, metrics, slo))
             measured.append(_Measured(workload, load, metrics, time.perf_counter() - start))
             seen.append(
-                build_result(config, slo, load.records, load.duration_s, classes=workload.classes)
+                build_result(
+                    config,
+                    slo,
+                    load.finished,
+                    load.duration_s,
+                    classes=workload.classes,
+                    aborted=load.aborted,
+                )
             )
             state = _server_state(server)
             if state:
@@ -252,7 +274,7 @@ class VllmBackend(BaseBackend):
         return None
 
     async def _load(
-        self, settings: LoadSettings, workload: Workload, metrics: ServerMetrics
+        self, settings: LoadSettings, workload: Workload, metrics: ServerMetrics, slo: SloContract
     ) -> LoadResult:
         url = f"{settings.base_url}/metrics"
         interval = self.cfg.backend.metrics_interval_s
@@ -272,30 +294,38 @@ class VllmBackend(BaseBackend):
                     if sample:
                         metrics.samples.append(sample)
 
+            def abort(records: list[RequestRecord]) -> str | None:
+                return hopeless(records, slo, workload.classes)
+
             metrics.before = await scrape()
-            load = await generate(workload, settings, monitor=monitor)
+            early = abort if self.cfg.backend.early_abort else None
+            load = await generate(workload, settings, monitor=monitor, abort=early)
             metrics.after = await scrape()
         return load
 
     def _crash(
-        self,
-        failure: str | None,
-        server: ServerProcess,
-        exit_code: int | None,
-        load: LoadResult | None,
+        self, failure: str | None, evidence: _Evidence, load: LoadResult | None
     ) -> CrashInfo | None:
         """Turn what went wrong into a classified crash (``None`` when nothing did)."""
         if failure is None:
             return None
         backend = self.cfg.backend
         errors = load.errors if load else []
-        if failure == "timeout":
-            last = next((ln for ln in reversed(server.log_text().splitlines()) if ln.strip()), "")
+        if failure in ("timeout", "still_progressing"):
+            lines = evidence.log_text.splitlines()
+            last = next((ln.strip() for ln in reversed(lines) if ln.strip()), "")
+            if failure == "timeout":
+                return CrashInfo(
+                    CrashCategory.TIMEOUT,
+                    "startup_timeout",
+                    f"/health not ready after {evidence.startup_s:.0f} s, log silent for "
+                    f"{backend.startup_stall_s:g} s; last log line: {last[:300]}",
+                )
             return CrashInfo(
-                CrashCategory.TIMEOUT,
-                "startup_timeout",
-                f"/health not ready after {backend.startup_timeout_s:g} s; last log line: "
-                f"{last.strip()[:300]}",
+                CrashCategory.INFRA,
+                "startup_still_progressing",
+                f"/health not ready at the {backend.startup_max_s:g} s cap while the log still "
+                f"grew; last log line: {last[:300]}",
             )
         if failure == "load_timeout":
             unfinished = sum(1 for e in errors if e.startswith("timeout"))
@@ -314,8 +344,23 @@ class VllmBackend(BaseBackend):
                 f"{len(hung)} streams hung; first: {hung[0]}",
                 phase="load",
             )
-        phase = "startup" if load is None else "load"
-        return classify(server.log_text(), exit_code, phase=phase, http_errors=errors)
+        return classify(
+            evidence.log_text,
+            evidence.exit_code,
+            phase="startup" if load is None else "load",
+            http_errors=[e for e in errors if not e.startswith(ABORT_ERROR)],
+            oom_killed=evidence.oom_killed,
+        )
+
+
+@dataclass(frozen=True)
+class _Evidence:
+    """What a launch left to judge it by, read before teardown."""
+
+    log_text: str
+    exit_code: int | None
+    oom_killed: bool
+    startup_s: float
 
 
 @dataclass

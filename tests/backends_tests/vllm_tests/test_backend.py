@@ -129,19 +129,38 @@ def test_a_config_vllm_rejects_is_a_config_crash(compose, vllm_python, tmp_path:
 
 
 @pytest.mark.vllm
-def test_a_startup_hang_is_a_timeout(compose, vllm_python, tmp_path: Path) -> None:
-    backend, workload, slo = _backend(compose, "backend.startup_timeout_s=4")
+def test_a_start_still_progressing_at_the_cap_is_not_the_configs_fault(
+    compose, vllm_python, tmp_path: Path
+) -> None:
+    """Past startup_timeout_s a start whose log grows gets more time, up to startup_max_s."""
+    backend, workload, slo = _backend(
+        compose, "backend.startup_timeout_s=3", "backend.startup_max_s=8"
+    )
     start = time.perf_counter()
     result = backend.evaluate(KNOBS, workload, slo, seed=0, log_path=tmp_path / "s.log")
-    assert time.perf_counter() - start < 30
+    assert time.perf_counter() - start < 40
     crash = result.crash
-    assert crash is not None and crash.category.value == "timeout"
-    assert crash.subcause == "startup_timeout" and "not ready after 4 s" in crash.evidence
-    assert result.server["startup_s"] >= 4
+    assert crash is not None and crash.category.value == "infra"
+    assert crash.subcause == "startup_still_progressing" and not crash.configuration_fault
+    assert "at the 8 s cap while the log still grew" in crash.evidence
+    assert "SIGTERM" not in crash.evidence and "Shutting down" not in crash.evidence
+    assert 8 <= result.server["startup_s"] < 12 and "goodput_tok_s" not in result.metrics
     server = backend.last_server
     assert server is not None
     assert_group_gone(server.pgid)
     assert port_is_free(server.port)
+
+
+@pytest.mark.vllm
+def test_a_window_that_cannot_meet_its_slo_stops_early(compose, vllm_python, tmp_path) -> None:
+    backend, workload, slo = _backend(
+        compose, "slo.ttft_ms=1", "workload.num_requests=400", "workload.concurrency=2"
+    )
+    result = backend.evaluate(KNOBS, workload, slo, seed=0, log_path=tmp_path / "s.log")
+    assert result.crash is None and not result.feasible and result.utility < 0
+    assert result.aborted_early and "over TTFT 1 ms" in result.aborted_early
+    assert 5 <= result.metrics["completed"] < 100 and result.server["load_s"] < 10
+    assert_group_gone(backend.last_server.pgid)
 
 
 def _kill_engine_mid_load(study_dir: Path, killed: dict) -> None:
@@ -188,6 +207,7 @@ def test_server_killed_mid_load_is_classified_and_the_study_goes_on(
         "workload.num_requests=60",
         "workload.output_len.mean=64",
         "workload.output_len.high=64",
+        "backend.early_abort=false",  # trial 1 serves all 60 requests, whatever its latency
     )
     killed: dict = {}
     killer = threading.Thread(
@@ -218,6 +238,7 @@ def test_two_trial_real_study_end_to_end(vllm_python, study_env, tmp_path: Path)
     """workers=2: two real servers at once, each on its own port, GPU list and process group."""
     env = {**study_env, "SLOGUARD_VLLM_PYTHON": str(vllm_python), "CUDA_VISIBLE_DEVICES": "0,1"}
     args = [*REAL, "budget=2", "workers=2", "optimizer=random", "seed=11", "study_name=pair"]
+    args.append("backend.early_abort=false")  # every request is served, whatever its latency
     proc = subprocess.run(
         [sys.executable, "-m", "sloguard.tune", *args], cwd=tmp_path, env={**os.environ, **env},
         capture_output=True, text=True, timeout=900, check=False,

@@ -65,6 +65,47 @@ def test_a_server_that_never_listens_times_out(tmp_path: Path) -> None:
     assert group_members(server.pgid) == []
 
 
+_SLOW_START = textwrap.dedent(
+    """
+    import http.server, sys, time
+    for step in range(int(sys.argv[2])):  # compiling: a line every 0.3 s, then serve
+        print("compiling graph", step, flush=True)
+        time.sleep(0.3)
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200); self.end_headers()
+    http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+    """
+)
+
+
+def test_a_start_whose_log_keeps_growing_gets_more_time(tmp_path: Path) -> None:
+    server = _start(tmp_path, _SLOW_START, "10")  # ready after ~3 s
+    try:
+        assert server.wait_ready(1.0, stall_s=1.0, max_s=20.0) == "ready"
+        assert time.perf_counter() - server.started > 2.5
+    finally:
+        server.stop(5.0)
+
+
+def test_a_start_still_progressing_at_the_cap_is_cut_short(tmp_path: Path) -> None:
+    server = _start(tmp_path, _SLOW_START, "1000")
+    try:
+        assert server.wait_ready(1.0, stall_s=1.0, max_s=2.5) == "still_progressing"
+        assert 2.4 <= time.perf_counter() - server.started < 6
+    finally:
+        server.stop(5.0)
+
+
+def test_a_start_whose_log_went_silent_times_out_after_the_stall(tmp_path: Path) -> None:
+    server = _start(tmp_path, "print('loading', flush=True); import time; time.sleep(300)")
+    try:
+        assert server.wait_ready(1.0, stall_s=1.5, max_s=30.0) == "timeout"
+        assert 1.4 <= time.perf_counter() - server.started < 6
+    finally:
+        server.stop(5.0)
+
+
 def test_server_dies_with_a_sigkilled_tuner(tmp_path: Path) -> None:
     tuner = textwrap.dedent(
         f"""

@@ -11,7 +11,7 @@ from sloguard.crash_classifier import CrashCategory, classify
 from sloguard.space import SearchSpace
 from tests.conftest import REPO, run_cli
 
-LOGS = Path(__file__).parent / "data" / "vllm_cpu_logs"
+LOGS = Path(__file__).parents[1] / "data" / "vllm_cpu_logs"
 
 
 @pytest.mark.parametrize(
@@ -45,7 +45,7 @@ def test_real_cpu_build_logs(name, exit_code, category, subcause, evidence) -> N
          "(3.50 GiB KV cache is needed, which is larger than the available KV cache memory "
          "(1.20 GiB).", "oom", "kv_cache_too_small"),
         ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.", "oom",
-         "oom_under_load"),
+         "device_oom"),
         ("ValueError: Free memory on device (20.1/23.6 GiB) on startup is less than desired GPU "
          "memory utilization (0.9, 21.2 GiB).", "oom", "insufficient_free_memory"),
         ("RuntimeError: CUDA out of memory occurred when warming up sampler with 256 dummy "
@@ -83,10 +83,33 @@ def test_the_root_cause_wins_over_the_generic_failure_after_it() -> None:
     )
 
 
+def test_torchs_hint_lines_never_outrank_the_line_naming_the_error() -> None:
+    hint = (
+        "CUDA kernel errors might be asynchronously reported at some other API call, so the "
+        "stacktrace below might be incorrect.\n"
+        "For debugging consider passing CUDA_LAUNCH_BLOCKING=1\n"
+        "Compile with `TORCH_USE_CUDA_DSA` to enable device-side assertions.\n"
+    )
+    named = "[E626 23:10:17 ProcessGroupNCCL.cpp:1896] watchdog: CUDA error: misaligned address\n"
+    crash = classify(hint + named + hint)
+    assert (crash.category, crash.subcause) == (CrashCategory.CUDA, "illegal_memory_access")
+    assert "misaligned address" in crash.evidence
+    assert classify(hint).category is CrashCategory.CUDA  # a hint alone still says CUDA
+
+
+def test_rules_are_in_tier_order() -> None:
+    from sloguard.crash_classifier import RULES
+
+    tiers = [rule.tier for rule in RULES]
+    assert tiers == sorted(tiers)  # the classifier stops at a line's first rule by tier
+
+
 def test_unexplained_failures_are_unknown_with_evidence() -> None:
     killed = classify("INFO serving\n", -9, phase="load", http_errors=["reset: boom"])
-    assert (killed.category.value, killed.subcause) == ("unknown", "killed_by_sigkill")
+    assert (killed.category.value, killed.subcause) == ("infra", "killed_by_sigkill")
     assert "SIGKILL" in killed.evidence and "reset: boom" in killed.evidence
+    by_oom_killer = classify("INFO serving\n", -9, phase="load", oom_killed=True)
+    assert (by_oom_killer.category.value, by_oom_killer.subcause) == ("oom", "host_oom")
     exited = classify("INFO a\nsomething odd happened\n\n", 3)
     assert exited.subcause == "server_exited"
     assert exited.evidence == "server exited with status 3: something odd happened"
@@ -114,7 +137,7 @@ def test_every_simulated_crash_reads_back_as_the_sim_classified_it(compose, over
             crash = load_oom(cfg.model, cfg.hardware, config, plan)
         if crash is None:
             continue
-        again = classify(crash.evidence, 1)
+        again = classify(crash.evidence, 1, phase=crash.phase)
         assert (again.category, again.subcause) == (crash.category, crash.subcause), crash
         seen.add(crash.subcause)
     assert len(seen) >= 4, seen
