@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import time
@@ -37,7 +38,7 @@ def test_two_commands_started_together_share_one_budget(study_env, tmp_path: Pat
 @pytest.mark.slow
 def test_killing_one_of_three_workers_loses_nothing(study_env, tmp_path: Path) -> None:
     args = ["optimizer=tba-tpe", "budget=9", "workers=3", "study_name=w"]
-    proc = start([*args, "backend.startup_sleep_s=0.8"], tmp_path, study_env)
+    proc = start([*args, "backend.startup_sleep_s=1.5"], tmp_path, study_env)
     journal = tmp_path / "studies" / "w" / "journal.log"
     victim = None
     deadline = time.monotonic() + 120
@@ -48,7 +49,13 @@ def test_killing_one_of_three_workers_loses_nothing(study_env, tmp_path: Path) -
         study = load_study(tmp_path / "studies", "w")
         finished = sum(has_result(t) for t in study.get_trials())
         running = study.get_trials(states=(TrialState.RUNNING,))
-        busy = [t for t in running if WORKER_ATTR in t.user_attrs]
+        # started moments ago: well inside its 1.5 s evaluation when the kill lands
+        busy = [
+            t
+            for t in running
+            if WORKER_ATTR in t.user_attrs
+            and (datetime.datetime.now() - t.datetime_start).total_seconds() < 0.5
+        ]
         if finished >= 2 and busy:
             victim = busy[0]
     assert victim is not None, "no worker was seen mid-trial"
