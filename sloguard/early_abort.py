@@ -32,6 +32,7 @@ def hopeless(
     classes: RequestClasses | None = None,
     *,
     until: float = math.inf,
+    cache: dict[int, tuple[bool, int]] | None = None,
 ) -> str | None:
     """Why the window can no longer meet the SLO, or ``None`` while it still can.
 
@@ -41,6 +42,8 @@ def hopeless(
         classes: Per-request classes of a multi-SLO workload (attainment decides).
         until: Count only requests finished by this time (seconds from the window's start);
             failures count only when it is infinite (a live window, where they are known).
+        cache: Each finished request's (TTFT missed, ITL gaps missed), kept across the checks of
+            one live window so a request is measured once.
     """
     done = [r for r in records if r.success and r.token_times[-1] <= until]
     failed = (
@@ -54,7 +57,8 @@ def hopeless(
     allowed = share * len(records)
     if len(failed) > allowed + 1e-9:
         return f"{len(failed)} of {len(records)} requests failed (at most {allowed:.4g} may)"
-    ttft_misses = sum((r.token_times[0] - r.send_time) * 1e3 > slo.ttft_ms for r in done)
+    misses = [_misses(r, slo, cache) for r in done]
+    ttft_misses = sum(ttft for ttft, _ in misses)
     ttft_allowed = share * (len(records) - len(failed))  # the percentile is over successes
     if ttft_misses > ttft_allowed + 1:
         return (
@@ -62,13 +66,29 @@ def hopeless(
             f"(p{slo.percentile:g} allows {ttft_allowed:.4g})"
         )
     gaps = sum(max(r.target_output_len - 1, 0) for r in records)
-    itl_misses = sum(int(np.sum(np.diff(r.token_times) * 1e3 > slo.itl_ms)) for r in done)
+    itl_misses = sum(gaps for _, gaps in misses)
     if itl_misses > share * gaps + 1:
         return (
             f"{itl_misses} of at most {gaps} token gaps over ITL {slo.itl_ms:g} ms "
             f"(p{slo.percentile:g} allows {share * gaps:.4g})"
         )
     return None
+
+
+def _misses(
+    record: RequestRecord, slo: SloContract, cache: dict[int, tuple[bool, int]] | None
+) -> tuple[bool, int]:
+    """Whether a finished request missed its TTFT, and how many of its gaps missed the ITL."""
+    if cache is not None and record.request_id in cache:
+        return cache[record.request_id]
+    times = record.token_times
+    found = (
+        bool((times[0] - record.send_time) * 1e3 > slo.ttft_ms),
+        int(np.sum(np.diff(times) * 1e3 > slo.itl_ms)),
+    )
+    if cache is not None:
+        cache[record.request_id] = found
+    return found
 
 
 def _attainment_lost(

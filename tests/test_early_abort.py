@@ -129,3 +129,11 @@ def test_the_load_stops_once_the_verdict_is_certain() -> None:
     cut = [r for r in load.records if (r.error or "").startswith(ABORT_ERROR)]
     assert len(cut) > n / 2 and len(load.finished) + len(cut) == n
     assert all(r.success for r in load.finished) and load.duration_s < 1.5
+
+
+def test_a_live_window_measures_each_finished_request_once() -> None:
+    records, cache = _window(300, 5), {}
+    assert hopeless(records, SLO, cache=cache) == hopeless(records, SLO)
+    assert sorted(cache) == [0, 1, 2, 3, 4] and cache[0] == (True, 0)
+    cache[0] = cache[1] = (False, 0)  # what was measured is not measured again
+    assert hopeless(records, SLO, cache=cache) is None

@@ -294,8 +294,10 @@ class VllmBackend(BaseBackend):
                     if sample:
                         metrics.samples.append(sample)
 
+            measured: dict[int, tuple[bool, int]] = {}  # each finished request, once
+
             def abort(records: list[RequestRecord]) -> str | None:
-                return hopeless(records, slo, workload.classes)
+                return hopeless(records, slo, workload.classes, cache=measured)
 
             metrics.before = await scrape()
             early = abort if self.cfg.backend.early_abort else None
