@@ -29,8 +29,8 @@ study:  ## one 15-trial TPE study on the embedded simulator, tracked in MLflow
 test:  ## the whole test suite (20-22 minutes on 2 cores, real vLLM and PostgreSQL tests included)
 	$(BIN)/python -m pytest -q
 
-lint:
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+lint:  ## ruff (style, format) and mypy (types) over the package
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
 
 ui:  ## browse studies and trials at http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1

@@ -140,7 +140,8 @@ def summarize(
         o: optimizers.get(o, {}).get("best_latency_ms", {}).get("sd")
         for o in (baseline, candidate)
     }
-    ratio = sd[baseline] / sd[candidate] if sd[baseline] and sd[candidate] else None
+    low, high = sd[baseline], sd[candidate]
+    ratio = low / high if low and high else None
     return {
         "latency_metric": latency,
         "delta": delta,

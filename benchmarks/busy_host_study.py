@@ -30,7 +30,11 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=3)
     parser.add_argument("overrides", nargs="*", help="extra config overrides")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="sloguard-busy-"))
+    with tempfile.TemporaryDirectory(prefix="sloguard-busy-") as tmp:
+        _run(args, Path(tmp))
+
+
+def _run(args: argparse.Namespace, work: Path) -> None:
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",

@@ -159,12 +159,17 @@ def _theirs(url: str, workload: Workload) -> dict[str, float]:
 def part_vllm(args: argparse.Namespace) -> None:
     cfg = _compose()
     port = free_port()
-    log = Path(tempfile.mkdtemp(prefix="sloguard-bench-")) / "server.log"
-    env = {**os.environ, **cfg.backend.env}
-    server = ServerProcess(launch_argv(cfg, KNOBS, port=port, seed=0), env, log, "127.0.0.1", port)
+    with tempfile.TemporaryDirectory(prefix="sloguard-bench-") as tmp:
+        log = Path(tmp) / "server.log"
+        env = {**os.environ, **cfg.backend.env}
+        argv = launch_argv(cfg, KNOBS, port=port, seed=0)
+        _part_vllm(args, ServerProcess(argv, env, log, "127.0.0.1", port), port)
+
+
+def _part_vllm(args: argparse.Namespace, server: ServerProcess, port: int) -> None:
     try:
         if server.wait_ready(300) != "ready":
-            raise RuntimeError(f"server did not start; see {log}")
+            raise RuntimeError(f"server did not start:\n{server.log_text()[-3000:]}")
         url = f"http://127.0.0.1:{port}"
         _ours(url, _poisson_workload(16, 8.0, args.prompt_len, args.output_len, 9))
         for concurrency in (0, args.concurrency):  # open loop at --rate, then a closed loop
@@ -202,16 +207,23 @@ def _compare(url: str, args: argparse.Namespace, concurrency: int) -> None:
 
 def part_stub(args: argparse.Namespace) -> None:
     port = free_port()
-    log = Path(tempfile.mkdtemp(prefix="sloguard-stub-")) / "stub.log"
-    argv = [sys.executable, "-m", "sloguard.testing.stub_server", "--port", str(port)]
-    stub = ServerProcess(argv, dict(os.environ), log, "127.0.0.1", port)
+    with tempfile.TemporaryDirectory(prefix="sloguard-stub-") as tmp:
+        argv = [sys.executable, "-m", "sloguard.testing.stub_server", "--port", str(port)]
+        _part_stub(
+            args,
+            ServerProcess(argv, dict(os.environ), Path(tmp) / "stub.log", "127.0.0.1", port),
+            port,
+        )
+
+
+def _part_stub(args: argparse.Namespace, stub: ServerProcess, port: int) -> None:
     cores = sorted(os.sched_getaffinity(0))
     try:
         if len(cores) >= 2:
             os.sched_setaffinity(stub.proc.pid, {cores[1]})
             os.sched_setaffinity(0, {cores[0]})
         if stub.wait_ready(30) != "ready":
-            raise RuntimeError(f"stub did not start; see {log}")
+            raise RuntimeError(f"stub did not start:\n{stub.log_text()[-3000:]}")
         n = int(args.stub_rate * args.stub_seconds)
         workload = _poisson_workload(n, args.stub_rate, 32, args.stub_tokens, seed=1)
         settings = LoadSettings(f"http://127.0.0.1:{port}", "stub", 2048)

@@ -1,7 +1,7 @@
 """SLO-Guard: a crash-aware autotuner for vLLM serving."""
 
-from sloguard.config import ConfigError
 from sloguard.crash_classifier import CrashCategory, CrashInfo
+from sloguard.exceptions import ConfigError
 from sloguard.result import RequestRecord, TrialResult
 from sloguard.slo_contract import SloContract
 from sloguard.space import SearchSpace

@@ -29,7 +29,8 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from scipy.optimize import least_squares
 
-from sloguard.config import ConfigError, to_container
+from sloguard.config import to_container
+from sloguard.exceptions import ConfigError
 from sloguard.workload import Workload, arrival_times
 
 # hardware coefficients the fit sets: (name, lower bound, upper bound)
@@ -217,6 +218,7 @@ def predict(
     sim_cfg = OmegaConf.merge(
         cfg, {"hardware": hardware, "backend": {"name": "sim", "noise": float(noise)}}
     )
+    assert isinstance(sim_cfg, DictConfig)
     backend = SimBackend(sim_cfg)
     slo = slo_from_config(cfg)
     out = []

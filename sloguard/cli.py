@@ -9,7 +9,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from sloguard.config import ConfigError, to_container
+from sloguard import signals
+from sloguard.config import to_container
+from sloguard.exceptions import ConfigError
 
 _EPILOG = """examples:
   sloguard tune optimizer=tpe seed=42
@@ -51,6 +53,16 @@ def evaluate(overrides: Sequence[str]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """The ``sloguard`` command line; SIGINT and SIGTERM end any command with one line."""
+    signals.install()
+    try:
+        _main(argv)
+    except KeyboardInterrupt as e:
+        print(f"sloguard: {signals.signal_name(e)}: stopped", file=sys.stderr)
+        sys.exit(signals.exit_status(e))
+
+
+def _main(argv: Sequence[str] | None) -> None:
     parser = argparse.ArgumentParser(
         prog="sloguard",
         description="Crash-aware autotuner for vLLM serving: find the configuration with the "

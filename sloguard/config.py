@@ -8,16 +8,17 @@ a type cannot express (a negative budget, an SLO of zero, a range with ``low > h
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message is one line naming it and what is allowed."""
-
+from sloguard._domain import check_domains, num, text
+from sloguard.exceptions import ConfigError
 
 OBJECTIVES: tuple[str, ...] = ("goodput", "capacity")
 
@@ -26,63 +27,75 @@ OBJECTIVES: tuple[str, ...] = ("goodput", "capacity")
 class ModelConfig:
     """Architecture numbers that decide memory and speed (from the model's config.json)."""
 
-    name: str = MISSING
+    name: str = text(MISSING)
     path: str = ""  # Hugging Face id or local directory the vllm backend serves
-    num_params_b: float = MISSING  # parameters, billions
-    num_layers: int = MISSING
-    hidden_size: int = MISSING
-    intermediate_size: int = MISSING
-    num_attention_heads: int = MISSING
-    num_kv_heads: int = MISSING
-    head_dim: int = MISSING
-    vocab_size: int = MISSING
-    max_position_embeddings: int = MISSING
-    dtype_bytes: int = 2
+    num_params_b: float = num(MISSING, gt=0, le=10000)  # parameters, billions
+    num_layers: int = num(MISSING, ge=1, le=1000)
+    hidden_size: int = num(MISSING, ge=1, le=1_000_000)
+    intermediate_size: int = num(MISSING, ge=1, le=10_000_000)
+    num_attention_heads: int = num(MISSING, ge=1, le=10000)
+    num_kv_heads: int = num(MISSING, ge=1, le=10000)
+    head_dim: int = num(MISSING, ge=1, le=100_000)
+    vocab_size: int = num(MISSING, ge=1, le=100_000_000)
+    max_position_embeddings: int = num(MISSING, ge=1, le=100_000_000)
+    dtype_bytes: int = num(2, ge=1, le=8)
 
 
 @dataclass
 class HardwareConfig:
     """One accelerator: memory, roofline peaks and per-step overheads."""
 
-    name: str = MISSING
-    vram_gb: float = MISSING  # GiB the engine can see (host memory for the CPU build)
-    peak_tflops: float = MISSING  # dense fp16 tensor throughput
-    mem_bw_gbps: float = MISSING  # GB/s
-    compute_efficiency: float = 0.7
-    bandwidth_efficiency: float = 0.85
-    graph_step_overhead_ms: float = 0.8  # per step with CUDA graphs
-    eager_step_overhead_ms: float = 1.5  # per step in eager mode, plus the per-layer cost
-    eager_layer_overhead_ms: float = 0.08
-    cudagraph_max_tokens: int = 512  # largest captured batch (vLLM's max capture size)
-    non_torch_memory_gb: float = 0.6  # CUDA context, NCCL, allocator slack
-    used_by_others_gb: float = 0.0  # memory other processes hold on the device
-    fragmentation_frac: float = 0.03  # allocator growth under load, share of VRAM
-    load_gbps: float = 2.0  # weight loading speed at startup, GB/s
-    attention_efficiency: float = 1.0  # attention FLOP rate relative to the GEMMs
-    graph_compute_factor: float = 1.0  # compute time in graph mode relative to eager
+    name: str = text(MISSING)
+    # GiB the engine can see (host memory for the CPU build)
+    vram_gb: float = num(MISSING, gt=0, le=100_000)
+    peak_tflops: float = num(MISSING, gt=0, le=1_000_000)  # dense fp16 tensor throughput
+    mem_bw_gbps: float = num(MISSING, gt=0, le=1_000_000)  # GB/s
+    compute_efficiency: float = num(0.7, gt=0, le=1)
+    bandwidth_efficiency: float = num(0.85, gt=0, le=1)
+    graph_step_overhead_ms: float = num(0.8, ge=0, le=10000)  # per step with CUDA graphs
+    # per step in eager mode, plus the per-layer cost
+    eager_step_overhead_ms: float = num(1.5, ge=0, le=10000)
+    eager_layer_overhead_ms: float = num(0.08, ge=0, le=10000)
+    # largest captured batch (vLLM's max capture size)
+    cudagraph_max_tokens: int = num(512, ge=1, le=10_000_000)
+    non_torch_memory_gb: float = num(0.6, ge=0, le=100_000)  # CUDA context, NCCL, allocator slack
+    # memory other processes hold on the device
+    used_by_others_gb: float = num(0.0, ge=0, le=100_000)
+    fragmentation_frac: float = num(0.03, ge=0, lt=1)  # allocator growth under load, share of VRAM
+    load_gbps: float = num(2.0, gt=0)  # weight loading speed at startup, GB/s
+    # attention FLOP rate relative to the GEMMs
+    attention_efficiency: float = num(1.0, gt=0, le=100)
+    # compute time in graph mode relative to eager
+    graph_compute_factor: float = num(1.0, gt=0, le=100)
     graphs_dynamic: bool = False  # graphs serve every batch size (CPU torch.compile), not <= 512
-    seq_overhead_ms: float = 0.0  # per sampled sequence per step (sampling, output processing)
-    graph_seq_overhead_ms: float | None = None  # the same in graph mode; None: seq_overhead_ms
-    request_overhead_ms: float = 0.0  # frontend: from a request's send until the engine has it
-    stream_overhead_ms: float = 0.0  # frontend: more of that delay per sequence then running
-    step_noise: float = 0.03  # lognormal sigma of per-step time jitter (measured by calibration)
+    # per sampled sequence per step (sampling, output processing)
+    seq_overhead_ms: float = num(0.0, ge=0, le=10000)
+    # the same in graph mode; None: seq_overhead_ms
+    graph_seq_overhead_ms: float | None = num(None, ge=0, le=10000)
+    # frontend: from a request's send until the engine has it
+    request_overhead_ms: float = num(0.0, ge=0, le=100_000)
+    # frontend: more of that delay per sequence then running
+    stream_overhead_ms: float = num(0.0, ge=0, le=100_000)
+    # lognormal sigma of per-step time jitter (measured by calibration)
+    step_noise: float = num(0.03, ge=0, le=2)
     supports_cudagraphs: bool = True
     quantization: list[str] = field(default_factory=lambda: ["fp16", "fp8", "awq", "gptq"])
-    gpus_per_trial: int = 1  # GPUs each trial's server gets (workers=auto: GPUs / this)
+    # GPUs each trial's server gets (workers=auto: GPUs / this)
+    gpus_per_trial: int = num(1, ge=1, le=1024)
 
 
 @dataclass
 class SloConfig:
     """Latency SLOs: a trial is feasible when both percentiles are within their thresholds."""
 
-    name: str = "default"
-    ttft_ms: float = 500.0
-    itl_ms: float = 100.0
-    percentile: float = 99.0
-    e2el_ms: float | None = None  # optional end-to-end limit per request
+    name: str = text("default")
+    ttft_ms: float = num(500.0, gt=0)
+    itl_ms: float = num(100.0, gt=0)
+    percentile: float = num(99.0, gt=0, le=100)
+    e2el_ms: float | None = num(None, gt=0)  # optional end-to-end limit per request
     # multi-SLO workloads (workload.classes) and capacity: the share of requests that must meet
     # their own SLOs for a trial to be feasible
-    attainment_target: float = 0.9
+    attainment_target: float = num(0.9, gt=0, le=1)
 
 
 @dataclass
@@ -90,10 +103,11 @@ class LengthConfig:
     """A token-length distribution: fixed, uniform or lognormal (from mean and median)."""
 
     dist: str = "fixed"
-    mean: float = 128.0
-    median: float | None = None  # lognormal only; defaults to mean / 1.25
-    low: int = 1
-    high: int = 4096
+    mean: float = num(128.0, gt=0, le=100_000_000)
+    # lognormal only; defaults to mean / 1.25
+    median: float | None = num(None, gt=0, le=100_000_000)
+    low: int = num(1, ge=1)
+    high: int = num(4096, ge=1, large=10_000_000)
 
 
 @dataclass
@@ -108,45 +122,49 @@ class RequestClassConfig:
     plus ``round_prompt_len`` new tokens as its prompt; the last round has the ``final_`` SLOs.
     """
 
-    name: str = MISSING
-    weight: float = 1.0  # share of requests (normalised over the classes)
+    name: str = text(MISSING)
+    weight: float = num(1.0, gt=0)  # share of requests (normalised over the classes)
     prompt_len: LengthConfig | None = None  # null: the workload's
     output_len: LengthConfig | None = None  # null: the workload's
-    ttft_ms: float | None = None  # absolute TTFT limit ...
-    ttft_slowdown: float | None = None  # ... or a multiple of the zero-load TTFT
-    tpot_ms: float = 100.0
+    ttft_ms: float | None = num(None, gt=0)  # absolute TTFT limit ...
+    ttft_slowdown: float | None = num(None, gt=0)  # ... or a multiple of the zero-load TTFT
+    tpot_ms: float = num(100.0, gt=0)
     answer_len: LengthConfig | None = None  # reasoning: answer tokens after the thinking ones
-    answer_tpot_ms: float | None = None  # null: tpot_ms
-    rounds: int = 1  # tool calling: prefill/decode rounds per request
+    answer_tpot_ms: float | None = num(None, gt=0)  # null: tpot_ms
+    rounds: int = num(1, ge=1, large=100)  # tool calling: prefill/decode rounds per request
     round_prompt_len: LengthConfig | None = None  # tokens each later round adds (tool output)
-    tool_latency_s: float = 0.0
+    tool_latency_s: float = num(0.0, ge=0, le=86400)
     final_output_len: LengthConfig | None = None  # null: output_len
-    final_ttft_ms: float | None = None  # the last round's SLOs; null: the class's
-    final_ttft_slowdown: float | None = None
-    final_tpot_ms: float | None = None
+    final_ttft_ms: float | None = num(None, gt=0)  # the last round's SLOs; null: the class's
+    final_ttft_slowdown: float | None = num(None, gt=0)
+    final_tpot_ms: float | None = num(None, gt=0)
 
 
 @dataclass
 class WorkloadConfig:
     """Requests a trial serves: lengths, arrivals, count; seeded so every trial sees the same."""
 
-    name: str = MISSING
-    num_requests: int = 200
+    name: str = text(MISSING)
+    num_requests: int = num(200, ge=1, large=100_000)
     prompt_len: LengthConfig = field(default_factory=LengthConfig)
     output_len: LengthConfig = field(default_factory=LengthConfig)
     arrival: str = "closed"  # closed | poisson | gamma | trace
-    request_rate: float = 10.0  # req/s for poisson and gamma
-    burstiness: float = 1.0  # gamma shape; 1.0 is Poisson
-    concurrency: int = 0  # in-flight cap; required for closed, optional for open loops
-    ramp_up_s: float = 0.0  # closed loop: spread the first `concurrency` requests over this
-    shared_prefix_len: int = 0  # tokens of a prefix shared by requests of one group
-    num_prefix_groups: int = 0
-    seed: int = 0
+    request_rate: float = num(10.0, gt=0, large=100_000)  # req/s for poisson and gamma
+    burstiness: float = num(1.0, gt=0, le=1000)  # gamma shape; 1.0 is Poisson
+    # in-flight cap; required for closed, optional for open loops
+    concurrency: int = num(0, ge=0, large=100_000)
+    # closed loop: spread the first `concurrency` requests over this
+    ramp_up_s: float = num(0.0, ge=0, le=86400)
+    # tokens of a prefix shared by requests of one group
+    shared_prefix_len: int = num(0, ge=0, large=10_000_000)
+    num_prefix_groups: int = num(0, ge=0, large=100_000)
+    seed: int = num(0, ge=0, le=4_294_967_295)
     # arrival=trace: a CSV of (arrived_at, num_prefill_tokens, num_decode_tokens) or the Azure
     # columns (TIMESTAMP, ContextTokens, GeneratedTokens)
     trace_path: str | None = None
-    trace_time_scale: float = 1.0  # multiplies the gaps: 0.5 replays at twice the rate
-    trace_start_s: float = 0.0  # skip the trace's first seconds
+    # multiplies the gaps: 0.5 replays at twice the rate
+    trace_time_scale: float = num(1.0, gt=0, le=1_000_000)
+    trace_start_s: float = num(0.0, ge=0)  # skip the trace's first seconds
     # multi-SLO: request classes with their own SLOs (empty: the slo group judges every request)
     classes: list[RequestClassConfig] = field(default_factory=list)
 
@@ -155,59 +173,70 @@ class WorkloadConfig:
 class OptimizerConfig:
     """Which optimizer proposes configurations, and its settings."""
 
-    name: str = MISSING
-    n_startup_trials: int = 5  # tpe, constrained-bo: random trials before the model
+    name: str = text(MISSING)
+    n_startup_trials: int = num(5, ge=0)  # tpe, constrained-bo: random trials before the model
     # tba and tba-tpe (null: the optimizer's default)
-    n_initial: int | None = None
-    n_candidates: int | None = None
-    t0: float | None = None
-    oob_gate: float | None = None
-    crash_threshold: float | None = None
-    gamma: float | None = None
-    min_trials: int | None = None
-    crash_rate: float | None = None
-    handoff: float = 0.4  # tba-tpe: exploration trials, a share of budget (< 1) or a count
+    n_initial: int | None = num(None, ge=1)
+    n_candidates: int | None = num(None, ge=1, large=100_000)
+    t0: float | None = num(None, ge=0, le=1000)
+    oob_gate: float | None = num(None, ge=0, le=1)
+    crash_threshold: float | None = num(None, ge=0, le=1)
+    gamma: float | None = num(None, gt=0, le=1)
+    min_trials: int | None = num(None, ge=1)
+    crash_rate: float | None = num(None, gt=0, le=1)
+    # tba-tpe: exploration trials, a share of budget (< 1) or a count
+    handoff: float = num(0.4, gt=0)
     # grid (vLLM auto_tune)
-    grid_max_num_seqs: list[int] = field(default_factory=lambda: [32, 64, 128])
-    grid_max_num_batched_tokens: list[int] = field(
-        default_factory=lambda: [512, 1024, 2048, 4096, 8192]
-    )
-    grid_util_start: float = 0.95
-    grid_util_step: float = 0.05
+    grid_max_num_seqs: list[int] = num([32, 64, 128], ge=1)
+    grid_max_num_batched_tokens: list[int] = num([512, 1024, 2048, 4096, 8192], ge=1)
+    grid_util_start: float = num(0.95, gt=0, le=1)
+    grid_util_step: float = num(0.05, gt=0, le=1)
 
 
 @dataclass
 class BackendConfig:
     """Where a configuration is evaluated: the simulator or a real vLLM server."""
 
-    name: str = MISSING
-    timeout_s: float = 600.0  # load phase limit; past it the trial is a timeout crash
+    name: str = text(MISSING)
+    # load phase limit; past it the trial is a timeout crash
+    timeout_s: float = num(600.0, gt=0, large=604_800)
     early_abort: bool = False  # stop a window once its SLO verdict is certainly infeasible
     # sim
-    noise: float | None = None  # lognormal sigma of step-time jitter; None: hardware.step_noise
-    cuda_error_rate: float = 0.0  # chance that a trial dies of a transient CUDA error
-    startup_sleep_s: float = 0.0  # wall-clock seconds slept per trial, standing for a launch
+    # lognormal sigma of step-time jitter; None: hardware.step_noise
+    noise: float | None = num(None, ge=0, le=2)
+    # chance that a trial dies of a transient CUDA error
+    cuda_error_rate: float = num(0.0, ge=0, le=1)
+    # wall-clock seconds slept per trial, standing for a launch
+    startup_sleep_s: float = num(0.0, ge=0, le=86400)
     # vllm: the launch command as an argv list; "{python}" and "{model}" are substituted
     command: list[str] = field(default_factory=lambda: ["vllm", "serve", "{model}"])
-    python: str = "python"  # the interpreter "{python}" stands for (a venv's, for the CPU build)
+    python: str = text(
+        "python"
+    )  # the interpreter "{python}" stands for (a venv's, for the CPU build)
     env: dict[str, str] = field(default_factory=dict)  # extra environment for the server
     extra_args: list[str] = field(default_factory=list)  # appended after the knob flags
-    host: str = "127.0.0.1"
-    startup_timeout_s: float = 600.0  # no /health 200 by then: a timeout crash, unless...
-    startup_stall_s: float = 120.0  # ...the log grew within this long: more time, up to
-    startup_max_s: float = 3600.0  # this cap; a start still progressing then is ``infra``
-    stall_timeout_s: float = 60.0  # a stream silent this long is hung
-    warmup_requests: int = 8  # short requests sent together before the measurement window
-    shutdown_grace_s: float = 10.0  # SIGTERM, then SIGKILL after this
-    metrics_interval_s: float = 1.0  # /metrics scrape period during load
+    host: str = "127.0.0.1"  # a loopback address unless allow_remote
+    allow_remote: bool = False  # let the server listen beyond loopback (requires api_key)
+    api_key: str | None = None  # the server's API key, e.g. ${oc.env:VLLM_API_KEY}; redacted
+    # no /health 200 by then: a timeout crash, unless...
+    startup_timeout_s: float = num(600.0, gt=0, large=604_800)
+    # ...the log grew within this long: more time, up to
+    startup_stall_s: float = num(120.0, gt=0, large=604_800)
+    # this cap; a start still progressing then is ``infra``
+    startup_max_s: float = num(3600.0, gt=0, large=604_800)
+    stall_timeout_s: float = num(60.0, gt=0, large=604_800)  # a stream silent this long is hung
+    # short requests sent together before the measurement window
+    warmup_requests: int = num(8, ge=0, le=10000)
+    shutdown_grace_s: float = num(10.0, ge=0, le=3600)  # SIGTERM, then SIGKILL after this
+    metrics_interval_s: float = num(1.0, gt=0, le=3600)  # /metrics scrape period during load
 
 
 @dataclass
 class IntRangeConfig:
-    low: int = MISSING
-    high: int = MISSING
+    low: int = num(MISSING, ge=1)
+    high: int = num(MISSING, ge=1)
     log: bool = True
-    default: int = MISSING
+    default: int = num(MISSING, ge=1)
 
 
 @dataclass
@@ -234,7 +263,7 @@ class StrChoiceConfig:
 class SpaceConfig:
     """Ranges of the eight vLLM knobs, in vLLM's own engine-argument names."""
 
-    name: str = "default"
+    name: str = text("default")
     quantization: StrChoiceConfig = field(default_factory=StrChoiceConfig)
     max_num_seqs: IntRangeConfig = field(default_factory=IntRangeConfig)
     max_num_batched_tokens: IntRangeConfig = field(default_factory=IntRangeConfig)
@@ -244,7 +273,8 @@ class SpaceConfig:
     enable_chunked_prefill: BoolChoiceConfig = field(default_factory=BoolChoiceConfig)
     enable_prefix_caching: BoolChoiceConfig = field(default_factory=BoolChoiceConfig)
     repair: bool = True  # cap and bump knobs to what vLLM accepts and fit them to the KV cache
-    kv_overcommit: float = 8.0  # memory guard: max_num_seqs x max_model_len <= this x KV tokens
+    # memory guard: max_num_seqs x max_model_len <= this x KV tokens
+    kv_overcommit: float = num(8.0, gt=0, le=1_000_000)
 
 
 @dataclass
@@ -252,10 +282,10 @@ class KnobsConfig:
     """Fixed knob values for ``sloguard evaluate``; unset knobs take the space's defaults."""
 
     quantization: str | None = None
-    max_num_seqs: int | None = None
-    max_num_batched_tokens: int | None = None
-    gpu_memory_utilization: float | None = None
-    max_model_len: int | None = None
+    max_num_seqs: int | None = num(None, ge=1)
+    max_num_batched_tokens: int | None = num(None, ge=1)
+    gpu_memory_utilization: float | None = num(None, gt=0, le=1)
+    max_model_len: int | None = num(None, ge=1)
     enforce_eager: bool | None = None
     enable_chunked_prefill: bool | None = None
     enable_prefix_caching: bool | None = None
@@ -270,10 +300,10 @@ class CapacityConfig:
     have run. Arrivals keep their shape; only their rate is scaled.
     """
 
-    min_rps: float = 0.05
-    max_rps: float = 1000.0
-    rel_tol: float = 0.05
-    max_probes: int = 10
+    min_rps: float = num(0.05, gt=0)
+    max_rps: float = num(1000.0, gt=0, large=1_000_000)
+    rel_tol: float = num(0.05, ge=0.0001, lt=1)
+    max_probes: int = num(10, ge=1, large=100)
 
 
 @dataclass
@@ -281,7 +311,7 @@ class TrackingConfig:
     """MLflow settings; ``uri`` null means $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db."""
 
     uri: str | None = None
-    experiment: str = "sloguard"
+    experiment: str = text("sloguard")
     log_requests: bool = True
 
 
@@ -300,22 +330,26 @@ class Config:
     objective: str = "goodput"  # goodput | capacity (req/s at the attainment target)
     capacity: CapacityConfig = field(default_factory=CapacityConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    seed: int = 42
-    budget: int = 15
+    seed: int = num(42, ge=0, le=4_294_967_295)
+    budget: int = num(15, ge=1, large=10000)
     resume: bool = False
     study_name: str | None = None
-    study_dir: str = "studies"
+    study_dir: str = text("studies")
     comparison: str | None = None  # groups the studies of one paired-seed comparison (a tag)
     progress: bool = True
     # the study's Optuna storage URL (sqlite:///..., postgresql://..., redis://..., or a
     # journal file path); null: a journal file in <study_dir>/<study_name>/
     storage: str | None = None
     workers: Any = 1  # worker processes on this machine, or "auto" (GPUs / gpus_per_trial)
-    heartbeat_interval: int = 10  # seconds between heartbeats of a running trial
-    grace_period: int = 60  # seconds without a heartbeat after which a trial's worker is dead
+    # seconds between heartbeats of a running trial
+    heartbeat_interval: int = num(10, ge=1, le=86400)
+    # seconds without a heartbeat after which a trial's worker is dead
+    grace_period: int = num(60, ge=1, le=604_800)
     # launches of one configuration again after a failure that is not its fault (infra); the
     # study stops when twice that many launches in a row failed so
-    infra_retries: int = 1
+    infra_retries: int = num(1, ge=0, le=100)
+    # lifts the sane upper bounds (budget, num_requests, timeouts, ...) for deliberately big runs
+    allow_large: bool = False
 
 
 def register_configs() -> None:
@@ -328,37 +362,31 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
 
 
-def validate(cfg: DictConfig) -> None:
-    """Check what the schema's types cannot; raise ConfigError naming the first bad value."""
+def validate(cfg: DictConfig) -> Config:
+    """Check every value against its domain and what no type can express; the typed config.
+
+    Raises:
+        ConfigError: Naming the first bad value and what is allowed.
+    """
     from sloguard.backends import BACKENDS
     from sloguard.optimizer import OPTIMIZERS
     from sloguard.space import SearchSpace
     from sloguard.workload import ARRIVALS
 
+    try:
+        typed: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    except OmegaConfBaseException as e:  # an interpolation that does not resolve
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"{getattr(e, 'full_key', '') or 'config'}: {first}") from None
+    check_domains(typed, allow_large=typed.allow_large)
     _check_choice("optimizer.name", cfg.optimizer.name, sorted(OPTIMIZERS))
     _check_choice("backend.name", cfg.backend.name, sorted(BACKENDS))
-    if cfg.budget < 1:
-        raise ConfigError(f"budget={cfg.budget} is invalid; it must be an integer >= 1")
-    for key in ("ttft_ms", "itl_ms"):
-        _check_positive(f"slo.{key}", cfg.slo[key])
-    if cfg.slo.e2el_ms is not None:
-        _check_positive("slo.e2el_ms", cfg.slo.e2el_ms)
-    if not 0.0 < cfg.slo.percentile <= 100.0:
-        raise ConfigError(
-            f"slo.percentile={cfg.slo.percentile} is invalid; it must be in (0, 100]"
-        )
-    if not 0.0 < cfg.slo.attainment_target <= 1.0:
-        raise ConfigError(
-            f"slo.attainment_target={cfg.slo.attainment_target} is invalid; it must be in (0, 1]"
-        )
     _check_study(cfg)
     _check_choice("objective", cfg.objective, OBJECTIVES)
     if cfg.objective == "capacity":
         _check_capacity(cfg)
     workload = cfg.workload
     _check_choice("workload.arrival", workload.arrival, ARRIVALS)
-    for key in ("num_requests", "request_rate", "burstiness"):
-        _check_positive(f"workload.{key}", workload[key])
     if workload.arrival == "closed":
         _check_positive("workload.concurrency", workload.concurrency)
     if workload.arrival == "trace":
@@ -370,30 +398,52 @@ def validate(cfg: DictConfig) -> None:
         _check_class(f"workload.classes[{i}]", cls)
         if cls.name in names[:i]:
             raise ConfigError(f"workload.classes[{i}].name={cls.name!r} is not unique")
-    for key in ("vram_gb", "peak_tflops", "mem_bw_gbps"):
-        _check_positive(f"hardware.{key}", cfg.hardware[key])
-    if cfg.backend.noise is not None and cfg.backend.noise < 0:
-        raise ConfigError(f"backend.noise={cfg.backend.noise} is invalid; it must be >= 0")
-    for key in (
-        "timeout_s",
-        "startup_timeout_s",
-        "startup_stall_s",
-        "startup_max_s",
-        "stall_timeout_s",
-        "metrics_interval_s",
-    ):
-        _check_positive(f"backend.{key}", cfg.backend[key])
     if cfg.backend.startup_max_s < cfg.backend.startup_timeout_s:
         raise ConfigError(
             f"backend.startup_max_s={cfg.backend.startup_max_s} is invalid; it must be at least "
             f"backend.startup_timeout_s={cfg.backend.startup_timeout_s}"
         )
-    _check_positive("optimizer.handoff", cfg.optimizer.handoff)
-    _check_positive("optimizer.grid_util_step", cfg.optimizer.grid_util_step)
-    _check_positive("space.kv_overcommit", cfg.space.kv_overcommit)
+    _check_optimizer(cfg.optimizer, cfg.budget)
+    _check_network(cfg.backend)
     space = SearchSpace.from_config(cfg.space)  # raises ConfigError on a bad range
     fixed = {k: v for k, v in to_container(cfg.knobs).items() if v is not None}
     space.check_values(fixed, where="knobs")
+    return typed
+
+
+def _check_network(backend: DictConfig) -> None:
+    """A server listens on loopback, unless remote access is asked for and guarded by a key."""
+    host = str(backend.host)
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        raise ConfigError(
+            f"backend.host={host!r} is not an IP address; give one, e.g. 127.0.0.1"
+        ) from None
+    if not loopback and not backend.allow_remote:
+        raise ConfigError(
+            f"backend.host={host!r} is not a loopback address; a server there is reachable from "
+            "other machines: set backend.allow_remote=true with backend.api_key, or use 127.0.0.1"
+        )
+    if not loopback and not backend.api_key:
+        raise ConfigError(
+            f"backend.allow_remote=true with backend.host={host!r} needs backend.api_key (e.g. "
+            "backend.api_key=${oc.env:VLLM_API_KEY}); an open server serves anyone who reaches it"
+        )
+
+
+def _check_optimizer(opt: DictConfig, budget: int) -> None:
+    """tba-tpe's handoff is a share of the budget (< 1) or a whole count of trials within it."""
+    if opt.name == "grid":
+        for key in ("grid_max_num_seqs", "grid_max_num_batched_tokens"):
+            if not opt[key]:
+                raise ConfigError(f"optimizer.{key}=[] is invalid; give at least one value")
+    handoff = opt.handoff
+    if handoff >= 1 and (handoff != int(handoff) or handoff > budget):
+        raise ConfigError(
+            f"optimizer.handoff={handoff} is invalid; it must be a share of the budget in (0, 1) "
+            f"or a whole number of trials <= budget={budget}"
+        )
 
 
 def _check_study(cfg: DictConfig) -> None:
@@ -405,35 +455,32 @@ def _check_study(cfg: DictConfig) -> None:
         isinstance(workers, int) and not isinstance(workers, bool) and workers >= 1
     ):
         raise ConfigError(f"workers={workers!r} is invalid; it must be an integer >= 1 or 'auto'")
-    if cfg.hardware.gpus_per_trial < 1:
-        raise ConfigError(
-            f"hardware.gpus_per_trial={cfg.hardware.gpus_per_trial} is invalid; it must be >= 1"
-        )
-    for key in ("heartbeat_interval", "grace_period"):
-        _check_positive(key, cfg[key])
-    if not isinstance(cfg.infra_retries, int) or cfg.infra_retries < 0:
-        raise ConfigError(
-            f"infra_retries={cfg.infra_retries!r} is invalid; it must be an integer >= 0"
-        )
     if cfg.grace_period <= cfg.heartbeat_interval:
         raise ConfigError(
             f"grace_period={cfg.grace_period} is invalid; it must be more than "
             f"heartbeat_interval={cfg.heartbeat_interval}"
         )
-    if cfg.backend.startup_sleep_s < 0:
-        raise ConfigError(
-            f"backend.startup_sleep_s={cfg.backend.startup_sleep_s} is invalid; it must be >= 0"
-        )
     StorageSpec(cfg.storage)  # the URL's scheme
+    _check_writable("study_dir", str(cfg.study_dir))
     if cfg.study_name is not None:
         check_study_name(str(cfg.study_name))
+
+
+def _check_writable(key: str, folder: str) -> None:
+    """A folder the tool will write: it exists, or its nearest existing parent is writable."""
+    path = os.path.abspath(folder)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path) or not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{key}={folder!r} is not writable here ({path!r} is not a writable folder)"
+        )
 
 
 def _check_trace(workload: DictConfig) -> None:
     """A trace workload needs a readable CSV with known columns and enough requests."""
     from sloguard.workload import read_trace
 
-    _check_positive("workload.trace_time_scale", workload.trace_time_scale)
     path = workload.trace_path
     if not path:
         raise ConfigError("workload.trace_path is required for workload.arrival=trace")
@@ -454,7 +501,6 @@ def _check_length(key: str, dist: DictConfig) -> None:
     from sloguard.workload import LENGTH_DISTS
 
     _check_choice(f"{key}.dist", dist.dist, LENGTH_DISTS)
-    _check_positive(f"{key}.mean", dist.mean)
     if not 1 <= dist.low <= dist.high:
         raise ConfigError(
             f"{key}: low={dist.low}, high={dist.high} is invalid; it needs 1 <= low <= high"
@@ -471,15 +517,6 @@ def _check_class(key: str, cls: DictConfig) -> None:
                 f"give exactly one of {prefix}ttft_ms (absolute) or {prefix}ttft_slowdown "
                 "(a multiple of the zero-load TTFT)"
             )
-        for k in given:
-            _check_positive(f"{key}.{prefix}{k}", cls[prefix + k])
-    for k in ("weight", "tpot_ms", "answer_tpot_ms", "final_tpot_ms"):
-        if cls[k] is not None:
-            _check_positive(f"{key}.{k}", cls[k])
-    if cls.tool_latency_s < 0:
-        raise ConfigError(f"{key}.tool_latency_s={cls.tool_latency_s} is invalid; it must be >= 0")
-    if cls.rounds < 1:
-        raise ConfigError(f"{key}.rounds={cls.rounds} is invalid; it must be an integer >= 1")
     if cls.rounds > 1 and cls.round_prompt_len is None:
         raise ConfigError(
             f"{key}.round_prompt_len is required when rounds={cls.rounds} > 1 (the tokens each "
@@ -498,8 +535,6 @@ def _check_capacity(cfg: DictConfig) -> None:
             "request rate to search (use poisson, gamma or trace)"
         )
     cap = cfg.capacity
-    for k in ("min_rps", "rel_tol", "max_probes"):
-        _check_positive(f"capacity.{k}", cap[k])
     if cap.max_rps < cap.min_rps:
         raise ConfigError(
             f"capacity.max_rps={cap.max_rps} is invalid; it must be >= capacity.min_rps="

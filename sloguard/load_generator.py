@@ -23,7 +23,7 @@ import gc
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -51,6 +51,7 @@ class LoadSettings:
         load_timeout_s: The whole load phase's limit; unfinished requests then fail.
         connect_timeout_s: Limit for opening a connection.
         abort_check_s: How often an early-abort rule is asked during the load.
+        api_key: Sent as a bearer token where the server requires one (never shown in repr).
     """
 
     base_url: str
@@ -61,6 +62,12 @@ class LoadSettings:
     load_timeout_s: float = 600.0
     connect_timeout_s: float = 10.0
     abort_check_s: float = 0.25
+    api_key: str | None = field(default=None, repr=False)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What every request to the server carries (its API key, where one is set)."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     @property
     def completions_url(self) -> str:
@@ -305,7 +312,7 @@ class _Sender:
         async with self.session.post(
             self.settings.completions_url,
             json=payload,
-            headers={"X-Request-Id": f"sloguard-{record.request_id}"},
+            headers={**self.settings.headers, "X-Request-Id": f"sloguard-{record.request_id}"},
         ) as resp:
             if resp.status != 200:
                 body = (await resp.text())[:300].replace("\n", " ")

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sloguard.config import ConfigError
+from sloguard.exceptions import ConfigError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -165,15 +165,18 @@ class SearchSpace:
                 kind = FloatKnob if isinstance(low, float) or isinstance(high, float) else IntKnob
                 knob = kind(name, low, high, bool(spec["log"]), spec["default"])
             if not knob.contains(knob.default):
+                given = "choices" if isinstance(knob, CategoricalKnob) else "low/high"
                 raise ConfigError(
-                    f"space.{name}.default={knob.default!r} is invalid; it must be "
-                    f"{knob.describe()}"
+                    f"space.{name}.default={knob.default!r} is outside space.{name}.{given}: "
+                    f"it must be {knob.describe()}; change the default with the {given}"
                 )
             knobs[name] = knob
-        if not 0.0 < knobs["gpu_memory_utilization"].high <= 1.0:  # type: ignore[union-attr]
+        util = knobs["gpu_memory_utilization"]
+        assert isinstance(util, (FloatKnob, IntKnob))
+        if not 0.0 < util.low <= util.high <= 1.0:
             raise ConfigError(
-                "space.gpu_memory_utilization.high="
-                f"{knobs['gpu_memory_utilization'].high} is invalid; it must be in (0, 1]"  # type: ignore[union-attr]
+                f"space.gpu_memory_utilization: low={util.low}, high={util.high} is invalid; "
+                "it needs 0 < low <= high <= 1"
             )
         return cls(knobs, repair=bool(cfg.get("repair", True)))
 

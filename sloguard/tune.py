@@ -27,9 +27,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
+from sloguard import signals
 from sloguard.backends import backend_class
-from sloguard.config import ConfigError, register_configs, validate
+from sloguard.config import register_configs, validate
+from sloguard.exceptions import ConfigError, DiskFull
 from sloguard.study import StorageSpec, StudyIncomplete, StudyStopped, run_study
+from sloguard.tracking import check_tracking_uri
 
 CONF_DIR = Path(os.environ.get("SLOGUARD_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
 # Hydra flags after which validation is skipped (they print, they do not run)
@@ -86,7 +89,7 @@ def expand_sweeps(overrides: Sequence[str]) -> list[list[str]]:
             key = override.get_key_element()
             choices.append([f"{key}={v}" for v in override.sweep_string_iterator()])
         else:
-            choices.append([override.input_line])
+            choices.append([str(override.input_line)])
     return [list(combo) for combo in itertools.product(*choices)]
 
 
@@ -119,6 +122,7 @@ def check_overrides(argv: Sequence[str]) -> None:
             )
         backend_class(cfg.backend.name).preflight(cfg)
         StorageSpec(cfg.storage).check_reachable()
+        check_tracking_uri(cfg.tracking.uri)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -132,13 +136,16 @@ def _job(cfg: DictConfig) -> float | None:
     except (StudyIncomplete, StudyStopped) as e:
         print(f"sloguard: {e}", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        print(f"sloguard: {interrupted_line(e, cfg)}", file=sys.stderr)
+        sys.exit(signals.exit_status(e))
+    except DiskFull as e:
         print(
-            "sloguard: interrupted; the trials in flight will run again when the same command "
-            "runs again",
+            f"sloguard: study {e.study} stopped: {e.strerror}; free space, then resume it: "
+            f"{_resume_hint(cfg, e.study)}",
             file=sys.stderr,
         )
-        sys.exit(130)
+        sys.exit(1)
     best = outcome.best
     if best is None:
         print(
@@ -160,17 +167,40 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Validate the command line, then hand it to Hydra."""
     global _env_run_id
     args = list(sys.argv[1:] if argv is None else argv)
+    signals.install()  # also where a script started this with SIGINT ignored
     try:
         check_overrides(args)
     except ConfigError as e:
         print(f"sloguard: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as e:
+        print(
+            f"sloguard: {signals.signal_name(e)}: stopped before the study started",
+            file=sys.stderr,
+        )
+        sys.exit(signals.exit_status(e))
     # `mlflow run` exports the run to log into; only the first start_run would see it under a
     # multirun, so take it out of the environment and pass it on explicitly
     _env_run_id = os.environ.pop("MLFLOW_RUN_ID", None)
     sys.argv = [sys.argv[0], *args]
     register_configs()
     _job()
+
+
+def interrupted_line(e: KeyboardInterrupt, cfg: DictConfig) -> str:
+    """One line: which signal stopped which study, and the command that resumes it."""
+    study = getattr(e, "study", None)
+    if study is None:
+        return f"{signals.signal_name(e)}: stopped before the study started; nothing to resume"
+    how = _resume_hint(cfg, study)
+    return (
+        f"{signals.signal_name(e)}: study {study} stopped, its MLflow run marked KILLED; the "
+        f"trials in flight run again when it resumes: {how}"
+    )
+
+
+def _resume_hint(cfg: DictConfig, study: str | None) -> str:
+    return "run the same command again" if cfg.study_name else f"add study_name={study}"
 
 
 def _missing_option(e: MissingConfigException) -> str:

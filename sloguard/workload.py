@@ -199,16 +199,34 @@ def read_trace(
     frame = pd.read_csv(path, usecols=[time_col, prompt_col, output_col])
     times = frame[time_col]
     if not pd.api.types.is_numeric_dtype(times):
-        stamps = pd.to_datetime(times, format="mixed")
+        stamps = pd.to_datetime(times, format="mixed", errors="coerce")
         times = (stamps - stamps.min()).dt.total_seconds()
-    frame = frame.assign(_t=times.astype(float)).sort_values("_t", kind="stable")
-    frame = frame[frame["_t"] >= frame["_t"].min() + start_s]
-    arrivals = (frame["_t"].to_numpy() - frame["_t"].min()) * time_scale if len(frame) else []
-    return (
-        np.asarray(arrivals, dtype=float),
-        frame[prompt_col].to_numpy(dtype=np.int64),
-        frame[output_col].to_numpy(dtype=np.int64),
-    )
+    t = _checked_column(times, time_col, integer=False)
+    back = np.flatnonzero(np.diff(t) < 0)
+    if len(back):
+        raise ValueError(
+            f"row {back[0] + 2}: {time_col} goes back in time; a trace lists its requests in "
+            "arrival order"
+        )
+    prompts = _checked_column(frame[prompt_col], prompt_col, integer=True)
+    outputs = _checked_column(frame[output_col], output_col, integer=True)
+    keep = t >= t[0] + start_s if len(t) else np.zeros(0, dtype=bool)
+    arrivals = (t[keep] - t[keep][0]) * time_scale if keep.any() else np.zeros(0)
+    return arrivals, prompts[keep].astype(np.int64), outputs[keep].astype(np.int64)
+
+
+def _checked_column(column: pd.Series, name: str, *, integer: bool) -> np.ndarray:
+    """A trace column as floats; its first bad row named (not a number, negative, fractional)."""
+    values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=float)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(values) | (values < 0)
+        if integer:
+            bad |= values != np.floor(values)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        what = "a whole number >= 0" if integer else "a time"
+        raise ValueError(f"row {row + 1}: {name}={column.iloc[row]!r} is not {what}")
+    return values
 
 
 def build_workload(cfg: DictConfig, zero_load_ttft_ms: ZeroLoadTtft | None = None) -> Workload:
@@ -317,20 +335,21 @@ def with_classes(
             added = sample_lengths(cls.round_prompt_len, len(members), rng)
             draws.append((added, sample_lengths(lengths, len(members), rng)))
         for j, session in enumerate(members.tolist()):
-            later[session] = [(int(added[j]), int(out[j])) for added, out in draws]
+            later[session] = [(int(extra[j]), int(outs[j])) for extra, outs in draws]
     if workload.shared_prefix_len:
         prompts = np.maximum(prompts, workload.shared_prefix_len + 1)
     cols = _Rounds()
     pending: list[tuple[int, int, int, int, int]] = []  # (session, round, prompt, output, follows)
     for s in range(n):
         cls = classes[int(class_of[s])]
-        prompt, out = int(prompts[s]), int(outputs[s] + answers[s])
+        prompt = int(prompts[s])
+        out = int(outputs[s] + answers[s])
         _add_round(cols, cls, s, int(class_of[s]), prompt, out, int(outputs[s]), 0)
         cols.due.append(float(workload.arrival_times[s]))
         cols.follows.append(-1)
         parent = s
-        for r, (added, output) in enumerate(later[s], start=1):
-            prompt, out = prompt + out + added, output
+        for r, (more, output) in enumerate(later[s], start=1):
+            prompt, out = prompt + out + more, output
             pending.append((s, r, prompt, out, parent))
             parent = n + len(pending) - 1  # later rounds are numbered after every first round
     for s, r, prompt, out, parent in pending:

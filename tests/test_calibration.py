@@ -87,7 +87,9 @@ def test_calibrate_refits_saved_measurements_into_a_hardware_config(
     compose, study_env, tmp_path: Path
 ) -> None:
     cfg = compose(*CPU, "hardware.supports_cudagraphs=false")
-    probes, measured = _synthetic(cfg, TRUTH)
+    # noise 0.15, where the fit is well posed (see above); at 0.3 scipy 1.17's least squares
+    # lands seq_overhead_ms at 0.25 for 0.3, traded against the frontend delays
+    probes, measured = _synthetic(cfg, TRUTH, noise=0.15)
     saved = tmp_path / "measured.json"
     payload = {"probes": [p.__dict__ for p in probes], "measured": measured}
     saved.write_text(json.dumps(payload))

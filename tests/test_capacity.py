@@ -104,7 +104,7 @@ def test_a_server_that_fails_before_any_load_is_the_trials_crash() -> None:
     ],
 )  # fmt: skip
 def test_bad_objective_or_capacity_settings_are_one_clear_error(overrides, message) -> None:
-    from sloguard.config import ConfigError
+    from sloguard.exceptions import ConfigError
 
     with pytest.raises(ConfigError) as err:
         evaluate(overrides)

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from sloguard.config import ConfigError
+from sloguard.exceptions import ConfigError
+from sloguard.tune import check_overrides
 from tests.conftest import REPO, run_cli
 
 GROUPS = sorted(p.name for p in (REPO / "conf").iterdir() if p.is_dir())
@@ -54,13 +55,13 @@ def test_defaults_are_the_seed_setting(compose) -> None:
         ("hardware=tpu", "hardware='tpu' is not known"),
         ("budget=-1", "budget=-1 is invalid; it must be an integer >= 1"),
         ("budget=abc", "budget=abc"),
-        ("slo.ttft_ms=0", "slo.ttft_ms=0.0 is invalid; it must be > 0"),
+        ("slo.ttft_ms=0", "slo.ttft_ms=0.0 is invalid; it must be a finite number > 0"),
         ("slo.itl_ms=-5", "slo.itl_ms=-5.0 is invalid"),
         ("space.foo.low=3", "'space.foo' is not known; choose one of: name, quantization"),
         ("space.max_num_seqs.low=300", "low=300, high=128 is invalid"),
         ("space.quantization.choices=[int3]", "'int3' is not known"),
         ("knobs.max_num_seq=3", "'knobs.max_num_seq' is not known"),
-        ("knobs.gpu_memory_utilization=1.5", "must be in (0, 1]"),
+        ("knobs.gpu_memory_utilization=1.5", "must be a finite number > 0 and <= 1"),
         ("workload.arrival=fast", "workload.arrival='fast' is not known"),
         ("optimizer.name=bogus", "optimizer.name='bogus' is not known"),
         (
@@ -85,16 +86,57 @@ def test_defaults_are_the_seed_setting(compose) -> None:
         ),
         (
             "workload=tool-calling workload.classes.0.round_prompt_len.low=0",
-            "workload.classes[0].round_prompt_len: low=0, high=512 is invalid",
+            "workload.classes[0].round_prompt_len.low=0 is invalid; it must be an integer >= 1",
         ),
+        # values that once ran, or ended in a traceback after a run was started
+        ("seed=-1", "seed=-1 is invalid; it must be an integer >= 0 and <= 4294967295"),
+        ("workload.seed=-1", "workload.seed=-1 is invalid"),
+        ("workload.prompt_len.median=-5", "workload.prompt_len.median=-5.0 is invalid"),
+        ("hardware.compute_efficiency=0", "it must be a finite number > 0 and <= 1"),
+        ("space.gpu_memory_utilization.low=-0.5", "needs 0 < low <= high <= 1"),
+        ("slo.ttft_ms=inf", "slo.ttft_ms=inf is invalid; it must be a finite number > 0"),
+        ("slo.itl_ms=nan", "slo.itl_ms=nan is invalid"),
+        ("workload.request_rate=inf", "workload.request_rate=inf is invalid"),
+        ("workload.ramp_up_s=-5", "workload.ramp_up_s=-5.0 is invalid"),
+        ("workload.shared_prefix_len=-10", "workload.shared_prefix_len=-10 is invalid"),
+        ("workload.num_prefix_groups=-3", "workload.num_prefix_groups=-3 is invalid"),
+        ("hardware.step_noise=-1", "hardware.step_noise=-1.0 is invalid"),
+        ("optimizer=tba-tpe optimizer.handoff=1000", "or a whole number of trials <= budget=15"),
+        ("optimizer.n_startup_trials=-5", "optimizer.n_startup_trials=-5 is invalid"),
+        ("capacity.max_probes=1000000", "<= 100 (allow_large=true lifts this bound)"),
+        ("capacity.rel_tol=1e-12", "capacity.rel_tol=1e-12 is invalid"),
+        ("workload.num_requests=1000000000", "<= 100000 (allow_large=true lifts this bound)"),
+        ("budget=100000000", "budget=100000000 is invalid"),
+        ("tracking.experiment=''", "tracking.experiment='' is invalid; it must be not empty"),
+        ("workload.name='${oc.env:SLOGUARD_NO_SUCH_VAR}'", "workload.name: "),
+        ("tracking.uri=sqlite:////proc/nope/mlflow.db", "folder '/proc/nope' does not exist"),
+        ("backend.host=0.0.0.0", "backend.host='0.0.0.0' is not a loopback address"),
+        (
+            "backend.host=0.0.0.0 backend.allow_remote=true",
+            "backend.allow_remote=true with backend.host='0.0.0.0' needs backend.api_key",
+        ),
+        ("backend.host=my-host", "backend.host='my-host' is not an IP address"),
+        ("study_name=../escape", "study_name='../escape' is invalid"),
+        ("study_name=/abs", "study_name='/abs' is invalid"),
     ],
 )
 def test_bad_overrides_fail_with_one_clear_line(compose, override: str, expected: str) -> None:
     with pytest.raises(ConfigError) as info:
-        compose(*override.split())
+        check_overrides(override.split())
     message = str(info.value)
     assert expected in message
     assert "\n" not in message
+
+
+def test_big_runs_are_allowed_when_asked_for(compose) -> None:
+    cfg = compose("workload.num_requests=1000000", "budget=20000", "allow_large=true")
+    assert (cfg.workload.num_requests, cfg.budget) == (1000000, 20000)
+
+
+def test_a_remote_server_needs_an_api_key(compose) -> None:
+    cfg = compose("backend.host=0.0.0.0", "backend.allow_remote=true", "backend.api_key=k123456")
+    assert cfg.backend.allow_remote and cfg.backend.host == "0.0.0.0"
+    assert compose("backend.host=::1").backend.host == "::1"  # loopback, IPv6
 
 
 @pytest.mark.parametrize(
@@ -104,6 +146,10 @@ def test_bad_overrides_fail_with_one_clear_line(compose, override: str, expected
         ["budget=0"],
         ["-m", "seed=1,2", "optimizer=random,nope"],
         ["knobs.enforce_eager=false"],  # evaluate's fixed knobs: a study would ignore them
+        ["seed=-1"],
+        ["hardware.compute_efficiency=0"],
+        ["tracking.uri=sqlite:////proc/nope/mlflow.db"],
+        ["study_name=../escape"],
     ],
 )
 def test_cli_rejects_bad_input_and_writes_nothing(

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from sloguard.config import ConfigError
+from sloguard.exceptions import ConfigError
 from sloguard.space import KNOB_NAMES, CategoricalKnob, IntKnob, SearchSpace
 
 

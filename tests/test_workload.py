@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from sloguard.config import ConfigError
+from sloguard.exceptions import ConfigError
 from sloguard.workload import arrival_times, build_workload, read_trace
 
 
@@ -51,7 +51,7 @@ def _trace(path, rows: str, azure: bool = False):
 
 
 def test_read_trace_both_column_conventions(tmp_path) -> None:
-    vidur = _trace(tmp_path / "v.csv", "2.0,30,5\n0.5,10,3\n1.0,20,4\n")
+    vidur = _trace(tmp_path / "v.csv", "0.5,10,3\n1.0,20,4\n2.0,30,5\n")
     arrivals, prompts, outputs = read_trace(vidur)
     assert arrivals.tolist() == [0.0, 0.5, 1.5] and prompts.tolist() == [10, 20, 30]
     assert outputs.tolist() == [3, 4, 5]
@@ -116,7 +116,9 @@ def test_azure_shaped_workloads_match_the_published_statistics(
     compose, name, rate, cv, prompt_mean, output_mean
 ) -> None:
     # many requests so the sample statistics settle (the configs draw 1000)
-    wl = build_workload(compose(f"workload={name}", "workload.num_requests=200000").workload)
+    wl = build_workload(
+        compose(f"workload={name}", "workload.num_requests=200000", "allow_large=true").workload
+    )
     gaps = np.diff(wl.arrival_times)
     assert len(wl) / wl.arrival_times[-1] == pytest.approx(rate, rel=0.1)
     assert gaps.std() / gaps.mean() == pytest.approx(cv, rel=0.15)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import TrialState
 
-from sloguard.config import ConfigError
+from sloguard.exceptions import ConfigError
 from sloguard.optimizer._tpe import CRASH_VIOLATION, TPEOptimizer
 
 if TYPE_CHECKING:

@@ -71,7 +71,7 @@ def neighbour(
     movable = [
         n
         for n in names
-        if not (isinstance(space.knobs[n], CategoricalKnob) and len(space.knobs[n].choices) == 1)
+        if not (isinstance(knob := space.knobs[n], CategoricalKnob) and len(knob.choices) == 1)
     ]
     moves = {n for n in movable if rng.random() < p_move}
     if not moves and movable:

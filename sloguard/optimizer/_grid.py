@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from sloguard.crash_classifier import CrashCategory
 from sloguard.optimizer._base import BaseOptimizer
+from sloguard.space import FloatKnob, IntKnob
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -53,13 +54,9 @@ class GridOptimizer(BaseOptimizer):
             if seqs_knob.contains(p[0]) and tokens_knob.contains(p[1])
         ]
         if not self.points:
-            self.points = [
-                (
-                    space.knobs["max_num_seqs"].default,
-                    space.knobs["max_num_batched_tokens"].default,
-                )
-            ]
+            self.points = [(int(seqs_knob.default), int(tokens_knob.default))]
         util_knob = space.knobs["gpu_memory_utilization"]
+        assert isinstance(util_knob, (FloatKnob, IntKnob))
         self.util_low = util_knob.low
         self.util_start = min(max(util_start, util_knob.low), util_knob.high)
         self.util_step = util_step

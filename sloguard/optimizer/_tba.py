@@ -136,9 +136,10 @@ class TBAOptimizer(BaseOptimizer):
         # feasible-first: utility ranks every feasible trial above every infeasible one and,
         # among infeasible ones, the smaller SLO violation higher, so before anything is
         # feasible the density ratio already points toward the feasible region
-        scored = [i for i, r in enumerate(self.results) if r.utility is not None]
+        utilities = {i: r.utility for i, r in enumerate(self.results) if r.utility is not None}
+        scored = list(utilities)
         if len(scored) >= 2:
-            scored.sort(key=lambda i: self.results[i].utility, reverse=True)
+            scored.sort(key=utilities.__getitem__, reverse=True)
             n_good = max(1, math.ceil(self.gamma * len(scored)))
             good = set(scored[:n_good])
             mask = np.array([i in good for i in range(len(self.params))])
@@ -147,19 +148,20 @@ class TBAOptimizer(BaseOptimizer):
 
     def _move(self, index: int) -> None:
         """Metropolis step from the current point to trial ``index``, on utility ranks."""
-        result = self.results[index]
-        if result.utility is None:
+        utility = self.results[index].utility
+        if utility is None:
             return  # a crash is never a place to stand
         if self.current is None:
             self.current = index
             return
-        current = self.results[self.current]
-        if result.utility >= current.utility:
+        here = self.results[self.current].utility
+        assert here is not None  # only scored trials become the current point
+        if utility >= here:
             self.current = index
             return
         scored = sorted(r.utility for r in self.results if r.utility is not None)
         span = max(len(scored) - 1, 1)
-        delta = (scored.index(result.utility) - scored.index(current.utility)) / span
+        delta = (scored.index(utility) - scored.index(here)) / span
         draw = np.random.default_rng([self.seed, index, 7]).random()
         if draw < math.exp(delta / max(self.temperature, 1e-9)):
             self.current = index

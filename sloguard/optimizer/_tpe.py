@@ -133,7 +133,8 @@ class TPEOptimizer(BaseOptimizer):
 
     def _tell(self, params: dict[str, Any], result: TrialResult) -> None:
         if self.crash_aware:
-            state, value = TrialState.COMPLETE, objective_value(result)
+            state = TrialState.COMPLETE
+            value: float | None = objective_value(result)
             constraints: dict[str, float] | None = crash_constraints(result)
         else:
             failed = result.utility is None

@@ -8,6 +8,7 @@ same command on another machine, with the same ``storage=`` URL and ``study_name
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -16,16 +17,17 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import optuna
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from sloguard import signals
 from sloguard.backends import BACKENDS
-from sloguard.config import ConfigError, to_container
+from sloguard.config import to_container
 from sloguard.evaluation import TrialStep, slo_from_config
+from sloguard.exceptions import NO_SPACE_ERRNOS, ConfigError, DiskFull, Interrupted
 from sloguard.gpu_profile import visible_gpus
 from sloguard.optimizer import create_optimizer
 from sloguard.space import SearchSpace
@@ -102,27 +104,51 @@ def run_study(
         StudyStopped: Launches kept failing through no fault of their configurations.
     """
     devices = plan_workers(cfg)
-    handle = open_study(cfg, env_run_id=env_run_id, nest_under_env_run=nest_under_env_run)
-    if handle.slots().complete:
-        finish_study(handle)  # MLflow may still miss what a kill left out
-        print(
-            f"study {handle.name} is already complete ({handle.budget()} trials); nothing to run"
-        )
-        return _outcome(handle, skipped=True)
-    reconcile_study(handle)
-    if handle.stopped():  # an earlier command stopped it; this one tries again
-        handle.study.set_user_attr(STOPPED_ATTR, "")
-    handle.tracker.set_status("RUNNING")
+    with signals.handled():
+        with signals.deferred(hold=True):  # a study's setup is never cut in half
+            handle = open_study(cfg, env_run_id=env_run_id, nest_under_env_run=nest_under_env_run)
+        return _work(cfg, handle, devices)
+
+
+def _work(cfg: DictConfig, handle: StudyHandle, devices: list[str | None]) -> StudyOutcome:
+    """Run the study's trials here or in worker processes, then close or mark its run."""
     try:
-        with _sigterm_interrupts():
-            if len(devices) == 1 and devices[0] is None:
-                _run_here(cfg, handle)
-            else:
-                _run_children(cfg, handle, devices)
+        signals.raise_pending()  # one that came during the setup
+        if handle.slots().complete:
+            with signals.deferred():
+                finish_study(handle)  # MLflow may still miss what a kill left out
+            print(
+                f"study {handle.name} is already complete ({handle.budget()} trials); "
+                "nothing to run"
+            )
+            return _outcome(handle, skipped=True)
+        with signals.deferred():
+            reconcile_study(handle)
+            if handle.stopped():  # an earlier command stopped it; this one tries again
+                handle.study.set_user_attr(STOPPED_ATTR, "")
+            handle.tracker.set_status("RUNNING")
+        if len(devices) == 1 and devices[0] is None:
+            _run_here(cfg, handle)
+        else:
+            _run_children(cfg, handle, devices)
+    except KeyboardInterrupt as e:
+        with signals.deferred():
+            finish_study(handle)
+        raise Interrupted(getattr(e, "signum", signal.SIGINT), handle.name) from None
+    except OSError as e:
+        if e.errno not in NO_SPACE_ERRNOS:
+            raise
+        with signals.deferred(), contextlib.suppress(OSError):
+            finish_study(handle)  # MLflow may share the full disk; the next run reconciles
+        full = DiskFull(e.errno, f"no space left writing {e.filename or 'the study'}")
+        full.study = handle.name
+        raise full from None
     except BaseException:
-        finish_study(handle)
+        with signals.deferred():
+            finish_study(handle)
         raise
-    finish_study(handle)
+    with signals.deferred():
+        finish_study(handle)
     if (why := handle.stopped()) is not None:
         raise StudyStopped(why)
     slots = handle.slots()
@@ -222,14 +248,15 @@ def _run_children(cfg: DictConfig, handle: StudyHandle, devices: list[str | None
                 time.sleep(0.5)
             bar.refresh_from(handle)
     except BaseException:
-        for child in children:
-            if child.is_alive():
-                child.terminate()  # SIGTERM: the worker fails its trial as interrupted
-        for child in children:
-            child.join(timeout=60)
-            if child.is_alive():
-                child.kill()
-                child.join()
+        with signals.deferred():  # a second Ctrl-C does not orphan a worker
+            for child in children:
+                if child.is_alive():
+                    child.terminate()  # SIGTERM: the worker fails its trial as interrupted
+            for child in children:
+                child.join(timeout=60)
+                if child.is_alive():
+                    child.kill()
+                    child.join()
         raise
     failed = [f"{c.name} (exit {c.exitcode})" for c in children if c.exitcode != 0]
     if failed:
@@ -251,22 +278,26 @@ def _child(
     os.chdir(cwd)
     if gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signals.install()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = OmegaConf.create(container)
     handle = attach_study(cfg, cfg.study_name)
     try:
         make_worker(cfg, handle).run()
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        sys.exit(signals.exit_status(e))
     except StudyStopped:
         sys.exit(1)  # the command that started this worker says why
+    except OSError as e:
+        if e.errno not in NO_SPACE_ERRNOS:
+            raise
+        print(f"sloguard: worker {os.getpid()}: no space left: {e}", file=sys.stderr)
+        sys.exit(1)
     if _liveness.is_alive(command) is False and handle.slots().complete:
         finish_study(handle)
 
 
-class _Bar(tqdm):  # type: ignore[type-arg]
+class _Bar(tqdm):
     def refresh_from(self, handle: StudyHandle) -> None:
         records = study_records(handle.trials())
         self.n = len(records)
@@ -295,21 +326,3 @@ def _progress(cfg: DictConfig, handle: StudyHandle) -> Iterator[_Bar]:
         yield bar
     finally:
         bar.close()
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM stops the study like Ctrl-C: trials in flight are failed and queued again."""
-    try:
-        previous = signal.signal(signal.SIGTERM, _interrupt)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

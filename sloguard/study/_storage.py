@@ -33,12 +33,14 @@ from optuna.storages.journal import (
 )
 from optuna.trial import FrozenTrial, TrialState
 
-from sloguard.config import ConfigError
+from sloguard.exceptions import NO_SPACE_ERRNOS, ConfigError, DiskFull, StoreDamaged
+from sloguard.redaction import mask
 from sloguard.tracking import sqlite_setup_lock
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Generator, Iterator
 
+SEQ_KEY = "sloguard_seq"  # a journal record's line number, for finding lost records
 JOURNAL_NAME = "journal.log"  # the default storage: <study_dir>/<study_name>/journal.log
 HEARTBEAT_ATTR = "sloguard:heartbeat"  # a journal trial's last heartbeat (seconds since epoch)
 _RDB_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
@@ -171,13 +173,6 @@ class StorageSpec:
             ) from None
 
 
-def mask(url: str | None) -> str:
-    """``url`` with its password replaced by ``***``."""
-    if url is None:
-        return ""
-    return re.sub(r"(://[^:/@]+:)[^@/]*@", r"\1***@", url)
-
-
 def _engine_kwargs(url: str) -> dict[str, Any]:
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": 60}}  # several workers write the same file
@@ -185,7 +180,16 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
 
 
 class DurableJournalFileBackend(JournalFileBackend):
-    """Optuna's journal file, with its directory entry fsync'ed and torn tails repaired.
+    """Optuna's journal file, made durable and checked.
+
+    - The new file's directory entry is fsync'ed; every append is fsync'ed (as Optuna does).
+    - A line torn by a killed writer is cut before the next append; a complete last record that
+      only lacks its newline gets it (Optuna would skip it, and the next append would glue onto
+      it).
+    - Each record carries its line number (``SEQ_KEY``), so a deleted, repeated or reordered
+      record is found on reading, like a line that is not JSON: :class:`StoreDamaged` names the
+      file and the line.
+    - An append that finds the disk full is undone and raises :class:`DiskFull`.
 
     Args:
         file_path: The journal file (created if missing).
@@ -195,39 +199,112 @@ class DurableJournalFileBackend(JournalFileBackend):
         new = not os.path.exists(file_path)
         self._file_lock = JournalFileSymlinkLock(file_path, grace_period=_LOCK_GRACE_S)
         super().__init__(file_path, lock_obj=self._file_lock)
+        self._known = (0, 0)  # (byte offset, complete lines before it)
         if new:
             _fsync_dir(os.path.dirname(os.path.abspath(file_path)))
+        else:
+            with _locked(self._file_lock), open(self._file_path, "r+b") as f:
+                _fix_tail(f)
+                if not _last_line_is_json(f):  # Optuna skips a bad last line without a word
+                    raise StoreDamaged(self._damage(self._count_lines(f), "not a journal record"))
+
+    def read_logs(self, log_number_from: int) -> Generator[dict[str, Any], None, None]:
+        number = log_number_from
+        try:
+            for log in super().read_logs(log_number_from):
+                if log.get(SEQ_KEY, number) != number:
+                    raise StoreDamaged(
+                        self._damage(
+                            number + 1, "records before it are missing, repeated or out of order"
+                        )
+                    )
+                number += 1
+                yield log
+        except (ValueError, UnicodeDecodeError) as e:
+            if isinstance(e, StoreDamaged):
+                raise
+            raise StoreDamaged(self._damage(number + 1, "not a journal record")) from None
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
-        text = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode()
         with _locked(self._file_lock), open(self._file_path, "r+b") as f:
-            _cut_torn_tail(f)
-            f.seek(0, os.SEEK_END)
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+            _fix_tail(f)
+            first = self._count_lines(f)
+            text = "".join(
+                json.dumps({**log, SEQ_KEY: first + i}, separators=(",", ":")) + "\n"
+                for i, log in enumerate(logs)
+            ).encode()
+            end = f.seek(0, os.SEEK_END)
+            try:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as e:
+                if e.errno not in NO_SPACE_ERRNOS:
+                    raise
+                f.truncate(end)  # all of the append or none of it
+                raise DiskFull(e.errno, f"no space left for {self._file_path}") from None
+            self._known = (end + len(text), first + len(logs))
+
+    def _count_lines(self, f: Any) -> int:
+        """Complete lines in the file (counted on from the last count)."""
+        offset, lines = self._known
+        if f.seek(0, os.SEEK_END) < offset:
+            offset, lines = 0, 0  # the file was replaced
+        f.seek(offset)
+        return lines + f.read().count(b"\n")
+
+    def _damage(self, line: int, what: str) -> str:
+        return (
+            f"study storage {self._file_path} is damaged at line {line} ({what}); restore the "
+            "file from a backup, or start anew with another study_name (the damaged study "
+            "cannot be resumed)"
+        )
 
 
-def _cut_torn_tail(f: Any) -> None:
-    """Drop bytes after the last newline: what a writer killed mid-line left."""
+def _fix_tail(f: Any) -> None:
+    """End the file with a newline: a complete last record gets one, a torn one is cut."""
     size = f.seek(0, os.SEEK_END)
     if size == 0:
         return
     f.seek(size - 1)
     if f.read(1) == b"\n":
         return
-    block = 4096
+    cut = _last_newline(f, size)
+    f.seek(cut)
+    try:
+        json.loads(f.read(size - cut))
+    except ValueError:
+        f.truncate(cut)
+        return
+    f.write(b"\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _last_line_is_json(f: Any) -> bool:
+    size = f.seek(0, os.SEEK_END)
+    if size == 0:
+        return True
+    start = _last_newline(f, size - 1)
+    f.seek(start)
+    try:
+        json.loads(f.read(size - start))
+    except ValueError:
+        return False
+    return True
+
+
+def _last_newline(f: Any, size: int) -> int:
+    """The offset just after the last newline (0 if there is none)."""
     end = size
     while end > 0:
-        start = max(0, end - block)
+        start = max(0, end - 4096)
         f.seek(start)
-        chunk = f.read(end - start)
-        cut = chunk.rfind(b"\n")
+        cut = f.read(end - start).rfind(b"\n")
         if cut >= 0:
-            f.truncate(start + cut + 1)
-            return
+            return start + cut + 1
         end = start
-    f.truncate(0)
+    return 0
 
 
 @contextlib.contextmanager

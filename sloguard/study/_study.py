@@ -24,9 +24,11 @@ from omegaconf import OmegaConf
 from optuna.exceptions import DuplicatedStudyError
 from optuna.trial import TrialState
 
-from sloguard.config import ConfigError, to_container
+from sloguard.config import to_container
+from sloguard.exceptions import ConfigError
+from sloguard.redaction import mask, redact_config
 from sloguard.study import _liveness
-from sloguard.study._storage import StorageSpec, iter_journal_studies, mask
+from sloguard.study._storage import StorageSpec, iter_journal_studies
 from sloguard.study._trials import Slots, enqueue_numbers, requeue
 from sloguard.tracking import StudyTracker, flatten, mlflow_client, names, resolve_tracking_uri
 
@@ -47,6 +49,7 @@ NOT_HASHED = (
     "comparison",
     "storage",
     "workers",
+    "allow_large",
     "heartbeat_interval",
     "grace_period",
     "infra_retries",
@@ -69,7 +72,7 @@ _READY_WAIT_S = 120.0
 
 
 def hashed_config(cfg: DictConfig) -> dict[str, Any]:
-    """What decides a study's measurements (``backend.env`` values as digests, not secrets)."""
+    """What decides a study's measurements (secrets as digests: comparable, not readable)."""
     data = to_container(cfg)
     for key in NOT_HASHED:
         *parents, leaf = key.split(".")
@@ -77,12 +80,11 @@ def hashed_config(cfg: DictConfig) -> dict[str, Any]:
         for parent in parents:
             node = node.get(parent, {})
         node.pop(leaf, None)
-    env = data.get("backend", {}).get("env") or {}
-    if env:
-        data["backend"]["env"] = {
-            k: "sha256:" + hashlib.sha256(str(v).encode()).hexdigest()[:12] for k, v in env.items()
-        }
-    return data
+    return redact_config(data, replace=_digest)
+
+
+def _digest(value: Any) -> str:
+    return "sha256:" + hashlib.sha256(str(value).encode()).hexdigest()[:12]
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -317,7 +319,8 @@ def _new_study_run(
         env_run_id=env_run_id,
         nest_under_env_run=nest_under_env_run,
     )
-    tracker.log_study_config(to_container(cfg), OmegaConf.to_yaml(cfg, resolve=True))
+    shown = redact_config(to_container(cfg))
+    tracker.log_study_config(shown, OmegaConf.to_yaml(OmegaConf.create(shown)))
     study.set_user_attr(RUN_ATTR, tracker.run_id)
     study.set_user_attr(TRACKING_ATTR, mask(tracking_uri))
     return tracker

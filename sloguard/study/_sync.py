@@ -8,9 +8,10 @@ from pathlib import Path
 
 import optuna
 
-from sloguard.config import ConfigError
+from sloguard.exceptions import ConfigError
+from sloguard.redaction import mask
 from sloguard.study._runner import finish_study
-from sloguard.study._storage import StorageSpec, iter_journal_studies, mask
+from sloguard.study._storage import StorageSpec, iter_journal_studies
 from sloguard.study._study import CONFIG_ATTR, RUN_ATTR, StudyHandle
 from sloguard.study._trials import requeue
 from sloguard.tracking import StudyTracker, names, resolve_tracking_uri

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +26,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
+from sloguard.exceptions import ConfigError
+from sloguard.redaction import mask
 from sloguard.tracking import names
 
 if TYPE_CHECKING:
@@ -68,15 +68,38 @@ def sqlite_setup_lock(uri: str) -> Iterator[None]:
     if not uri.startswith("sqlite:///"):
         yield
         return
-    path = os.path.abspath(uri[len("sqlite:///") :].split("?")[0])
-    digest = hashlib.sha256(path.encode()).hexdigest()[:16]
-    lock = os.path.join(tempfile.gettempdir(), f"sloguard-sqlite-{digest}.lock")
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    folder = os.path.dirname(os.path.abspath(_sqlite_path(uri)))
+    fd = os.open(folder, os.O_RDONLY)  # the database's folder is the lock: no file left behind
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def check_tracking_uri(configured: str | None) -> None:
+    """A local store's folder must exist and be writable (checked before anything is written).
+
+    Raises:
+        ConfigError: Naming the URI and the folder.
+    """
+    uri = resolve_tracking_uri(configured)
+    if uri.startswith("sqlite:///"):
+        folder = os.path.dirname(os.path.abspath(_sqlite_path(uri)))
+    elif uri.startswith("file:") or "://" not in uri:  # a file store: MLflow makes its folder
+        root = os.path.abspath(uri.removeprefix("file://").removeprefix("file:"))
+        folder = root if os.path.isdir(root) else os.path.dirname(root)
+    else:
+        return  # a tracking server: reached when the study opens
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"tracking.uri={mask(uri)!r} is not usable: folder {folder!r} does not exist or is "
+            "not writable; create it or point tracking.uri (or MLFLOW_TRACKING_URI) elsewhere"
+        )
+
+
+def _sqlite_path(uri: str) -> str:
+    return uri[len("sqlite:///") :].split("?")[0]
 
 
 def mlflow_client(tracking_uri: str) -> MlflowClient:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from optuna.trial import TrialState
 
-from sloguard.config import ConfigError
 from sloguard.crash_classifier import CrashCategory, CrashInfo
+from sloguard.exceptions import ConfigError
 from sloguard.optimizer import (
     ConstrainedBOOptimizer,
     GridOptimizer,

@@ -74,7 +74,7 @@ def test_without_retries_two_failed_launches_stop_the_study(
 
 
 def test_infra_retries_must_be_a_count(compose) -> None:
-    from sloguard.config import ConfigError
+    from sloguard.exceptions import ConfigError
 
     with pytest.raises(ConfigError, match=r"infra_retries=-1 is invalid"):
         compose("infra_retries=-1")

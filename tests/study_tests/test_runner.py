@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sloguard.config import ConfigError
+from sloguard.exceptions import ConfigError
 from sloguard.study import plan_workers
 from tests.conftest import run_cli
 from tests.study_tests.conftest import FAST

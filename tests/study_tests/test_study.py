@@ -7,7 +7,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from sloguard.config import ConfigError
+from sloguard.exceptions import ConfigError
 from sloguard.study import best_trial, run_study
 from tests.study_tests.conftest import FAST, load_study, mlflow_runs, records
 

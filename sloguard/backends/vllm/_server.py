@@ -16,13 +16,14 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import FrameType
+
+from sloguard import signals
+from sloguard.redaction import redact_argv, redact_text
 
 _PR_SET_PDEATHSIG = 1
 
@@ -110,7 +111,8 @@ class ServerProcess:
         with open(log_path, "ab") as log:
             devices = env.get("CUDA_VISIBLE_DEVICES")
             where = "" if devices is None else f" (CUDA_VISIBLE_DEVICES={devices})"
-            log.write(f"# sloguard launch{where}: {subprocess.list2cmdline(self.argv)}\n".encode())
+            shown = subprocess.list2cmdline(redact_argv(self.argv))
+            log.write(f"# sloguard launch{where}: {shown}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
                 self.argv,
@@ -133,6 +135,17 @@ class ServerProcess:
         with open(self.log_path, "rb") as log:
             log.seek(self._log_offset)
             return log.read().decode("utf-8", errors="replace")
+
+    def scrub_log(self, secrets: set[str]) -> None:
+        """Replace every secret the server printed in its log by ``***`` (after it stopped)."""
+        if not secrets:
+            return
+        text = self.log_path.read_bytes().decode("utf-8", errors="replace")
+        clean = redact_text(text, secrets)
+        if clean != text:
+            tmp = self.log_path.with_name(self.log_path.name + ".tmp")
+            tmp.write_text(clean, encoding="utf-8")
+            os.replace(tmp, self.log_path)
 
     def healthy(self, timeout_s: float = 2.0) -> bool:
         """Whether /health answers 200 now."""
@@ -208,21 +221,10 @@ class ServerProcess:
 
 @contextlib.contextmanager
 def terminate_raises() -> Iterator[None]:
-    """While inside, SIGTERM to the tuner raises SystemExit so teardown code still runs.
+    """While inside, SIGINT and SIGTERM raise Interrupted so teardown code still runs.
 
-    Ctrl-C already raises KeyboardInterrupt; without this, SIGTERM would end the tuner at once
-    and leave the server running. Only the main thread can install handlers; elsewhere it is a
-    no-op.
+    Without this, SIGTERM would end the tuner at once and leave the server running. Only the
+    main thread can install handlers; elsewhere it is a no-op.
     """
-    if threading.current_thread() is not threading.main_thread():
+    with signals.handled():
         yield
-        return
-
-    def _raise(signum: int, _: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, _raise)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

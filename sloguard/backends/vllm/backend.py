@@ -23,9 +23,10 @@ import numpy as np
 
 from sloguard.backends._base import BaseBackend
 from sloguard.backends.vllm._server import ServerProcess, free_port, oom_kills, terminate_raises
-from sloguard.config import ConfigError
+from sloguard.config import to_container
 from sloguard.crash_classifier import CrashCategory, CrashInfo, classify
 from sloguard.early_abort import hopeless
+from sloguard.exceptions import ConfigError
 from sloguard.load_generator import ABORT_ERROR, HUNG_ERROR, LoadResult, LoadSettings, generate
 from sloguard.metrics_collector import (
     ServerMetrics,
@@ -33,6 +34,7 @@ from sloguard.metrics_collector import (
     parse_metrics,
     parse_startup_log,
 )
+from sloguard.redaction import redact_text, secret_values
 from sloguard.workload import Workload
 
 if TYPE_CHECKING:
@@ -94,6 +96,7 @@ class VllmBackend(BaseBackend):
         super().__init__(cfg)
         self.server: ServerProcess | None = None
         self.last_server: ServerProcess | None = None
+        self.secrets = secret_values(to_container(cfg))  # scrubbed from logs and evidence
 
     @classmethod
     def preflight(cls, cfg: DictConfig) -> None:
@@ -147,12 +150,15 @@ class VllmBackend(BaseBackend):
         result carries the crash.
         """
         backend = self.cfg.backend
+        own_log = log_path is None  # a temporary log, removed once its evidence is read
         if log_path is None:
             fd, name = tempfile.mkstemp(prefix="sloguard-vllm-", suffix=".log")
             os.close(fd)
             log_path = Path(name)
         port = free_port(backend.host)
         env = {**os.environ, **{str(k): str(v) for k, v in backend.env.items()}}
+        if backend.api_key:  # vLLM reads it as --api-key's value; not on argv, where ps shows it
+            env["VLLM_API_KEY"] = str(backend.api_key)
         wall = time.perf_counter()
         facts: dict[str, float] = {}
         measured: list[_Measured] = []
@@ -186,6 +192,10 @@ class VllmBackend(BaseBackend):
                 kills_after = oom_kills()
                 facts["teardown_s"] = server.stop(backend.shutdown_grace_s)
                 self.server = None
+                server.scrub_log(self.secrets)
+                log_text = redact_text(log_text, self.secrets)
+                if own_log:
+                    log_path.unlink(missing_ok=True)
         facts.update(parse_startup_log(log_text))
         load_s = sum(m.seconds for m in measured)
         facts["harness_overhead_s"] = time.perf_counter() - wall - facts["startup_s"] - load_s
@@ -213,7 +223,7 @@ class VllmBackend(BaseBackend):
                 classes=m.workload.classes if m else None,
                 aborted=m.load.aborted if m else None,
             )
-            result.server_log = str(log_path)
+            result.server_log = None if own_log else str(log_path)
             results.append(result)
         return results if measured or crash else []
 
@@ -240,6 +250,7 @@ class VllmBackend(BaseBackend):
             seed=int(self.cfg.workload.seed),
             stall_timeout_s=backend.stall_timeout_s,
             load_timeout_s=backend.timeout_s,
+            api_key=backend.api_key,
         )
         if backend.warmup_requests > 0:
             start = time.perf_counter()
@@ -278,7 +289,8 @@ class VllmBackend(BaseBackend):
     ) -> LoadResult:
         url = f"{settings.base_url}/metrics"
         interval = self.cfg.backend.metrics_interval_s
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with aiohttp.ClientSession(timeout=timeout, headers=settings.headers) as session:
 
             async def scrape() -> dict[str, float]:
                 try:

@@ -6,8 +6,10 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -17,8 +19,8 @@ import pytest
 
 from sloguard.backends.vllm import VllmBackend, knob_flags, launch_argv, port_is_free
 from sloguard.backends.vllm._server import group_members
-from sloguard.config import ConfigError
 from sloguard.evaluation import slo_from_config
+from sloguard.exceptions import ConfigError
 from sloguard.metrics_collector import parse_metrics
 from sloguard.study import StorageSpec, run_study
 from sloguard.workload import build_workload
@@ -234,16 +236,61 @@ def test_server_killed_mid_load_is_classified_and_the_study_goes_on(
 
 
 @pytest.mark.vllm
+def _knock(folder: Path, seen: dict[str, int]) -> None:
+    """Once a server answers /health, ask it for its models without and with the API key."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and len(seen) < 2:
+        time.sleep(0.5)
+        logs = sorted(folder.glob("*/server-logs/trial-*.log"))
+        port = re.search(r"--port (\d+)", logs[0].read_text()) if logs else None
+        if port is None:
+            continue
+        url = f"http://127.0.0.1:{port[1]}"
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+        except OSError:
+            continue
+        for who, headers in (("anyone", {}), ("tuner", {"Authorization": f"Bearer {API_KEY}"})):
+            try:
+                with urllib.request.urlopen(
+                    urllib.request.Request(f"{url}/v1/models", headers=headers), timeout=5
+                ) as r:
+                    seen[who] = r.status
+            except urllib.error.HTTPError as e:
+                seen[who] = e.code
+
+
+API_KEY = "sk-FAKEvllmkey-2468"
+HF_TOKEN = "hf_FAKEtoken-13579"
+
+
 def test_two_trial_real_study_end_to_end(vllm_python, study_env, tmp_path: Path) -> None:
-    """workers=2: two real servers at once, each on its own port, GPU list and process group."""
+    """workers=2: two real servers at once, each on its own port, GPU list and process group.
+
+    The servers require an API key (which the tuner sends); neither it nor a token passed in
+    backend.env is written anywhere.
+    """
     env = {**study_env, "SLOGUARD_VLLM_PYTHON": str(vllm_python), "CUDA_VISIBLE_DEVICES": "0,1"}
+    env |= {"TEST_VLLM_KEY": API_KEY, "HF_TOKEN": HF_TOKEN}
     args = [*REAL, "budget=2", "workers=2", "optimizer=random", "seed=11", "study_name=pair"]
     args.append("backend.early_abort=false")  # every request is served, whatever its latency
+    args += ["backend.api_key=${oc.env:TEST_VLLM_KEY}", "+backend.env.HF_TOKEN=${oc.env:HF_TOKEN}"]
+    seen: dict[str, int] = {}
+    knock = threading.Thread(target=_knock, args=(tmp_path / "studies", seen), daemon=True)
+    knock.start()
     proc = subprocess.run(
         [sys.executable, "-m", "sloguard.tune", *args], cwd=tmp_path, env={**os.environ, **env},
         capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    knock.join(timeout=10)
+    assert seen == {"anyone": 401, "tuner": 200}
+    leaks = [
+        path
+        for path in tmp_path.rglob("*")
+        if path.is_file() and any(s.encode() in path.read_bytes() for s in (API_KEY, HF_TOKEN))
+    ]
+    assert leaks == []
     mlflow.set_tracking_uri(study_env["MLFLOW_TRACKING_URI"])
     runs = mlflow.search_runs(experiment_names=["sloguard"])
     study = runs[runs["tags.sloguard.role"] == "study"]
@@ -298,8 +345,11 @@ def test_interrupting_the_tuner_leaves_no_server(
     assert pid is not None, "the server never started"
     assert group_members(pid)
     tuner.send_signal(sig)
-    tuner.wait(timeout=60)
-    assert tuner.returncode != 0
+    _, err = tuner.communicate(timeout=60)
+    assert tuner.returncode == 128 + sig
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
+        f"sloguard: {sig.name}: study "
+    ), err
     assert_group_gone(pid)
 
 
@@ -318,7 +368,11 @@ def test_capacity_of_multi_round_requests_on_one_real_server(vllm_python) -> Non
         "objective=capacity", "capacity.max_probes=4", "capacity.rel_tol=0.5",
     ]  # fmt: skip
     knobs = ["knobs.enable_prefix_caching=true", "knobs.gpu_memory_utilization=0.15"]
+    temp = Path(tempfile.gettempdir())
+    before = set(temp.glob("sloguard-vllm-*"))
     out = evaluate([*REAL, *workload, *knobs])
+    assert set(temp.glob("sloguard-vllm-*")) == before  # its server log was temporary
+    assert out["server_log"] is None
     m, server = out["metrics"], out["server"]
     assert out["crash"] is None, out["crash"]
     rates = [m[f"capacity/probe_{i}/rate_rps"] for i in range(int(m["capacity_probes"]))]

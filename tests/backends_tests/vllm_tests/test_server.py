@@ -12,6 +12,8 @@ import pytest
 
 from sloguard.backends.vllm import ServerProcess, free_port, group_members, port_is_free
 from sloguard.backends.vllm._server import terminate_raises
+from sloguard.exceptions import Interrupted
+from sloguard.signals import exit_status
 
 # A "server" whose tree looks like vLLM's: the leader serves /health, a child ignores SIGTERM.
 _SERVER = textwrap.dedent(
@@ -131,13 +133,14 @@ def test_server_dies_with_a_sigkilled_tuner(tmp_path: Path) -> None:
     assert group_members(pgid) == []
 
 
-def test_sigterm_raises_while_a_server_is_owned() -> None:
-    previous = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(SystemExit) as info, terminate_raises():
-        os.kill(os.getpid(), signal.SIGTERM)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_raises_while_a_server_is_owned(sig: signal.Signals) -> None:
+    previous = signal.getsignal(sig)
+    with pytest.raises(Interrupted) as info, terminate_raises():
+        os.kill(os.getpid(), sig)
         time.sleep(1)
-    assert info.value.code == 128 + signal.SIGTERM
-    assert signal.getsignal(signal.SIGTERM) == previous
+    assert info.value.signum == sig and exit_status(info.value) == 128 + sig
+    assert signal.getsignal(sig) == previous
 
 
 def test_port_helpers() -> None:
