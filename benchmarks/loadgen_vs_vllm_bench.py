@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sloguard.backends import BackendSettings
 from sloguard.backends.vllm import ServerProcess, VllmBackend, free_port, launch_argv
 from sloguard.evaluation import slo_from_config
 from sloguard.load_generator import LoadSettings, build_prompts, generate
@@ -162,7 +163,7 @@ def part_vllm(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="sloguard-bench-") as tmp:
         log = Path(tmp) / "server.log"
         env = {**os.environ, **cfg.backend.env}
-        argv = launch_argv(cfg, KNOBS, port=port, seed=0)
+        argv = launch_argv(BackendSettings.of(cfg), KNOBS, port=port, seed=0)
         _part_vllm(args, ServerProcess(argv, env, log, "127.0.0.1", port), port)
 
 
@@ -252,7 +253,7 @@ def _part_stub(args: argparse.Namespace, stub: ServerProcess, port: int) -> None
 
 def part_overhead(args: argparse.Namespace) -> None:
     cfg = _compose("workload=smoke")
-    backend = VllmBackend(cfg)
+    backend = VllmBackend(BackendSettings.of(cfg))
     workload, slo = build_workload(cfg.workload), slo_from_config(cfg)
     print(f"\n[overhead] {args.trials} real trials (smoke workload, eager)")
     print(f"{'trial':>5s}{'start s':>9s}{'load s':>8s}{'warmup':>8s}{'teardown':>9s}"

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sloguard.backends import BackendSettings
 from sloguard.backends.sim import SimBackend, StepTimeModel, run_engine
 from sloguard.backends.sim._engine import EngineSettings, make_jitter
 from sloguard.backends.sim._memory import plan_memory
@@ -56,7 +57,7 @@ def trial_part(repeats: int) -> None:
         space = SearchSpace.from_config(cfg.space)
         knobs = space.complete({})
         workload = build_workload(cfg.workload)
-        backend = SimBackend(cfg)
+        backend = SimBackend(BackendSettings.of(cfg))
         slo = slo_from_config(cfg)
         result = backend.evaluate(knobs, workload, slo, seed=0)
         plan, _ = plan_memory(cfg.model, cfg.hardware, knobs)

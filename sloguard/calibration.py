@@ -212,6 +212,7 @@ def predict(
     cfg: DictConfig, probes: Sequence[Probe], hardware: dict[str, Any], noise: float = 0.0
 ) -> list[dict[str, float]]:
     """The simulator's metrics for each probe with ``hardware`` coefficients overriding."""
+    from sloguard.backends import BackendSettings
     from sloguard.backends.sim import SimBackend
     from sloguard.evaluation import slo_from_config
 
@@ -219,7 +220,7 @@ def predict(
         cfg, {"hardware": hardware, "backend": {"name": "sim", "noise": float(noise)}}
     )
     assert isinstance(sim_cfg, DictConfig)
-    backend = SimBackend(sim_cfg)
+    backend = SimBackend(BackendSettings.of(sim_cfg))
     slo = slo_from_config(cfg)
     out = []
     for probe in probes:
@@ -342,7 +343,7 @@ def _round(value: Any) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``sloguard calibrate [overrides] --out FILE [--measurements FILE]``."""
-    from sloguard.backends import backend_class
+    from sloguard.backends import BackendSettings, backend_class
     from sloguard.tune import compose_config
 
     parser = argparse.ArgumentParser(
@@ -370,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "backend=sim cannot be calibrated against itself; choose backend=vllm or "
                     "backend=vllm-cpu (or pass --measurements FILE of saved ones)"
                 )
-            backend_class(cfg.backend.name).preflight(cfg)
+            backend_class(cfg.backend.name).preflight(BackendSettings.of(cfg))
             probes, measured = measure(cfg, design_probes(cfg))
             if saved is not None:
                 saved.parent.mkdir(parents=True, exist_ok=True)

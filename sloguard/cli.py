@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from sloguard import signals
@@ -31,16 +34,20 @@ space) or key=value (seed, budget, resume, slo.ttft_ms, space.max_num_seqs.high,
 
 def evaluate(overrides: Sequence[str]) -> dict[str, Any]:
     """Evaluate one fixed configuration (``knobs.*``; the rest from the space's defaults)."""
-    from sloguard.backends import backend_class
+    from sloguard.backends import BackendSettings, backend_class
     from sloguard.evaluation import TrialStep, slo_from_config
     from sloguard.space import SearchSpace
     from sloguard.tune import compose_config
 
     cfg = compose_config(overrides)
-    backend_class(cfg.backend.name).preflight(cfg)
+    backend_class(cfg.backend.name).preflight(BackendSettings.of(cfg))
     space = SearchSpace.from_config(cfg.space)
     fixed = {k: v for k, v in to_container(cfg.knobs).items() if v is not None}
-    record = TrialStep.from_config(cfg, space, slo_from_config(cfg)).evaluate(fixed, 0)
+    # a real server's log goes where Hydra puts a run's outputs (the simulator writes nothing)
+    logs = Path(os.environ.get("SLOGUARD_OUTPUT_DIR", "outputs"), "evaluate")
+    logs /= time.strftime("%Y-%m-%d/%H-%M-%S")
+    step = TrialStep.from_config(cfg, space, slo_from_config(cfg), log_dir=logs)
+    record = step.evaluate(fixed, 0)
     return {
         "model": cfg.model.name,
         "hardware": cfg.hardware.name,

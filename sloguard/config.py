@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from sloguard._domain import check_domains, num, text
 from sloguard.exceptions import ConfigError
 
 OBJECTIVES: tuple[str, ...] = ("goodput", "capacity")
+_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
 @dataclass
@@ -368,7 +370,6 @@ def validate(cfg: DictConfig) -> Config:
     Raises:
         ConfigError: Naming the first bad value and what is allowed.
     """
-    from sloguard.backends import BACKENDS
     from sloguard.optimizer import OPTIMIZERS
     from sloguard.space import SearchSpace
     from sloguard.workload import ARRIVALS
@@ -380,7 +381,6 @@ def validate(cfg: DictConfig) -> Config:
         raise ConfigError(f"{getattr(e, 'full_key', '') or 'config'}: {first}") from None
     check_domains(typed, allow_large=typed.allow_large)
     _check_choice("optimizer.name", cfg.optimizer.name, sorted(OPTIMIZERS))
-    _check_choice("backend.name", cfg.backend.name, sorted(BACKENDS))
     _check_study(cfg)
     _check_choice("objective", cfg.objective, OBJECTIVES)
     if cfg.objective == "capacity":
@@ -446,10 +446,21 @@ def _check_optimizer(opt: DictConfig, budget: int) -> None:
         )
 
 
-def _check_study(cfg: DictConfig) -> None:
-    """Workers, heartbeats, the storage URL's form and the study name."""
-    from sloguard.study import StorageSpec, check_study_name
+def check_study_name(name: str) -> None:
+    """A study name becomes a folder name: letters, digits, '.', '_', '-'.
 
+    Raises:
+        ConfigError: Otherwise.
+    """
+    if not _STUDY_NAME.match(name) or name in (".", ".."):
+        raise ConfigError(
+            f"study_name={name!r} is invalid; use letters, digits, '.', '_' and '-' "
+            "(at most 200, not starting with '.', '_' or '-')"
+        )
+
+
+def _check_study(cfg: DictConfig) -> None:
+    """Workers, heartbeats, the study folder and name (the storage URL: ``check_overrides``)."""
     workers = cfg.workers
     if workers != "auto" and not (
         isinstance(workers, int) and not isinstance(workers, bool) and workers >= 1
@@ -460,7 +471,6 @@ def _check_study(cfg: DictConfig) -> None:
             f"grace_period={cfg.grace_period} is invalid; it must be more than "
             f"heartbeat_interval={cfg.heartbeat_interval}"
         )
-    StorageSpec(cfg.storage)  # the URL's scheme
     _check_writable("study_dir", str(cfg.study_dir))
     if cfg.study_name is not None:
         check_study_name(str(cfg.study_name))

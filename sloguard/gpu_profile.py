@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sloguard._optional import optional
 from sloguard.space import Repair
 
 GIB = float(1 << 30)
@@ -118,9 +119,8 @@ def visible_gpus() -> list[str]:
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
         return [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
-    try:
-        import pynvml
-    except ImportError:
+    pynvml = optional("pynvml")
+    if pynvml is None:
         return []
     try:
         pynvml.nvmlInit()
@@ -133,9 +133,8 @@ def visible_gpus() -> list[str]:
 
 
 def _vram_nvml() -> float | None:
-    try:
-        import pynvml
-    except ImportError:
+    pynvml = optional("pynvml")
+    if pynvml is None:
         return None
     try:
         pynvml.nvmlInit()
@@ -148,11 +147,8 @@ def _vram_nvml() -> float | None:
 
 
 def _vram_torch() -> float | None:
-    try:
-        import torch
-    except ImportError:
-        return None
-    if not torch.cuda.is_available():
+    torch = optional("torch")
+    if torch is None or not torch.cuda.is_available():
         return None
     return torch.cuda.get_device_properties(0).total_memory / GIB
 

@@ -2,8 +2,9 @@
 
 Handlers are installed explicitly, so a tuner started in the background by a script (which
 inherits SIGINT ignored) still stops on Ctrl-C or ``kill -INT``. Inside :func:`deferred` a signal
-is held until the block ends, so a study's bookkeeping (creating its MLflow run, closing it) is
-never cut in half.
+is held until the block ends, so bookkeeping (creating a study's MLflow run, storing a result,
+logging a trial) is never cut in half; :func:`allowed` opens it again where the time goes (a
+trial's evaluation, waiting for other workers).
 """
 
 from __future__ import annotations
@@ -64,6 +65,18 @@ def raise_pending() -> None:
         signum = _pending[0]
         _pending.clear()
         raise Interrupted(signum)
+
+
+@contextmanager
+def allowed() -> Iterator[None]:
+    """Inside a deferred block, let the signals through again (a trial's run, a long wait)."""
+    global _depth
+    saved, _depth = _depth, 0
+    try:
+        raise_pending()
+        yield
+    finally:
+        _depth = saved
 
 
 class deferred:

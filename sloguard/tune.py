@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from sloguard import signals
-from sloguard.backends import backend_class
+from sloguard.backends import BackendSettings, backend_class
 from sloguard.config import register_configs, validate
 from sloguard.exceptions import ConfigError, DiskFull
 from sloguard.study import StorageSpec, StudyIncomplete, StudyStopped, run_study
@@ -120,7 +120,7 @@ def check_overrides(argv: Sequence[str]) -> None:
                 f"`sloguard evaluate`; a study searches the space: pin a knob with "
                 f"space.{pinned[0]}.choices=[...] or narrow its space.{pinned[0]}.low/high"
             )
-        backend_class(cfg.backend.name).preflight(cfg)
+        backend_class(cfg.backend.name).preflight(BackendSettings.of(cfg))
         StorageSpec(cfg.storage).check_reachable()
         check_tracking_uri(cfg.tracking.uri)
 

@@ -56,6 +56,7 @@ class Workload:
             session holds its concurrency slot until its last round ends.
         classes: Per-request SLO classes of a multi-SLO workload (``None``: the trial's
             single SLO contract judges every request).
+        seed: The workload's seed; a real server is sent prompt token ids drawn from it.
     """
 
     prompt_lens: np.ndarray
@@ -66,6 +67,7 @@ class Workload:
     shared_prefix_len: int = 0
     follows: np.ndarray | None = None
     classes: RequestClasses | None = None
+    seed: int = 0
 
     def __len__(self) -> int:
         return len(self.prompt_lens)
@@ -273,7 +275,15 @@ def build_workload(cfg: DictConfig, zero_load_ttft_ms: ZeroLoadTtft | None = Non
     prefix = int(cfg.shared_prefix_len) if cfg.num_prefix_groups > 0 else 0
     if prefix:
         prompts = np.maximum(prompts, prefix + 1)
-    workload = Workload(prompts, outputs, arrivals, max(int(cfg.concurrency), 0), groups, prefix)
+    workload = Workload(
+        prompts,
+        outputs,
+        arrivals,
+        max(int(cfg.concurrency), 0),
+        groups,
+        prefix,
+        seed=int(cfg.seed),
+    )
     if cfg.classes:
         workload = with_classes(workload, cfg, rng, zero_load_ttft_ms)
     return workload

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from sloguard.backends import BackendSettings
 from sloguard.backends.sim import SimBackend
 from sloguard.calibration import (
     Probe,
@@ -108,7 +109,7 @@ def test_calibrate_refits_saved_measurements_into_a_hardware_config(
     # the fitted config drives the sim and reproduces a probe it was fitted on
     sim_cfg = OmegaConf.merge(cfg, {"hardware": fitted})
     probe = probes[3]
-    result = SimBackend(sim_cfg).evaluate(
+    result = SimBackend(BackendSettings.of(sim_cfg)).evaluate(
         probe_knobs(cfg, probe.eager), probe.workload(), SloContract(), seed=0
     )
     real = payload["measured"][3]["tpot_p50_ms"]

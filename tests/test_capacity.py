@@ -100,7 +100,7 @@ def test_a_server_that_fails_before_any_load_is_the_trials_crash() -> None:
         (["objective=capacity", "workload=chat"], "objective=capacity needs open-loop arrivals"),
         (["objective=capacity", "workload=chatbot", "capacity.max_rps=0.01"],
          "capacity.max_rps=0.01 is invalid"),
-        (["slo.attainment_target=1.5"], "slo.attainment_target=1.5 is invalid; it must be in"),
+        (["slo.attainment_target=1.5"], "slo.attainment_target=1.5 is invalid; it must be a"),
     ],
 )  # fmt: skip
 def test_bad_objective_or_capacity_settings_are_one_clear_error(overrides, message) -> None:

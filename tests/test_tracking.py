@@ -49,8 +49,10 @@ def test_flatten() -> None:
     }
 
 
-def test_a_trial_with_a_server_log_gets_it_as_an_artifact(tmp_path) -> None:
+def test_a_trial_with_a_server_log_gets_it_as_an_artifact(tmp_path, monkeypatch) -> None:
     from sloguard.result import TrialRecord, TrialResult
+
+    monkeypatch.chdir(tmp_path)  # the store's default artifact root is ./mlruns
     from sloguard.tracking import StudyTracker
 
     log = tmp_path / "trial-000.log"
@@ -69,12 +71,13 @@ def test_a_trial_with_a_server_log_gets_it_as_an_artifact(tmp_path) -> None:
     assert tracker.client.list_artifacts(without, "server") == []
 
 
-def test_a_summary_another_process_logged_first_is_kept_once(tmp_path) -> None:
+def test_a_summary_another_process_logged_first_is_kept_once(tmp_path, monkeypatch) -> None:
     """Two workers finishing one study log the same summary; the loser of the race retries."""
     from mlflow.exceptions import MlflowException
 
     from sloguard.tracking import StudyTracker
 
+    monkeypatch.chdir(tmp_path)  # the store's default artifact root is ./mlruns
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = StudyTracker.start(uri, "sloguard", "s", common_tags={"optimizer": "x"})
     other = mlflow.MlflowClient(uri)

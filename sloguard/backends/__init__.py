@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from sloguard.backends._base import BaseBackend
+from sloguard.backends._base import BackendSettings, BaseBackend
+from sloguard.exceptions import ConfigError
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -19,14 +20,22 @@ BACKENDS: dict[str, str] = {
 
 
 def backend_class(name: str) -> type[BaseBackend]:
-    """The backend class registered as ``name``."""
+    """The backend class registered as ``name``.
+
+    Raises:
+        ConfigError: No backend has that name.
+    """
+    if name not in BACKENDS:
+        raise ConfigError(
+            f"backend.name={name!r} is not known; choose one of: {', '.join(sorted(BACKENDS))}"
+        )
     module_name, class_name = BACKENDS[name].split(":")
     return getattr(importlib.import_module(module_name), class_name)
 
 
 def create_backend(cfg: DictConfig) -> BaseBackend:
     """Instantiate the backend named by ``cfg.backend.name``."""
-    return backend_class(cfg.backend.name)(cfg)
+    return backend_class(cfg.backend.name)(BackendSettings.of(cfg))
 
 
-__all__ = ["BACKENDS", "BaseBackend", "backend_class", "create_backend"]
+__all__ = ["BACKENDS", "BackendSettings", "BaseBackend", "backend_class", "create_backend"]

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import abc
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from omegaconf import OmegaConf
+
+from sloguard.config import BackendConfig, HardwareConfig, ModelConfig
 from sloguard.result import TrialResult
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -17,6 +23,31 @@ if TYPE_CHECKING:
     from sloguard.workload import Workload
 
 
+@dataclass(frozen=True)
+class BackendSettings:
+    """All a backend reads, typed: the model, the hardware and its own section."""
+
+    model: ModelConfig
+    hardware: HardwareConfig
+    backend: BackendConfig
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> BackendSettings:
+        """The sections of a composed root configuration, as their dataclasses."""
+        return cls(
+            model=_typed(ModelConfig, cfg.model),
+            hardware=_typed(HardwareConfig, cfg.hardware),
+            backend=_typed(BackendConfig, cfg.backend),
+        )
+
+
+def _typed(kind: type[T], section: Any) -> T:
+    """A config section as its dataclass (also a section composed without the schema)."""
+    typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(kind), section))
+    assert isinstance(typed, kind)
+    return typed
+
+
 class BaseBackend(abc.ABC):
     """Serves a workload under one configuration and measures it.
 
@@ -24,17 +55,17 @@ class BaseBackend(abc.ABC):
     return a :class:`~sloguard.result.TrialResult` whose ``crash`` says why.
 
     Args:
-        cfg: The composed root configuration (model, hardware and backend sections are read).
+        settings: The model, hardware and backend sections (:meth:`BackendSettings.of`).
     """
 
     name: str = ""
     probes_device: bool = False  # True: the memory guard reads the real device's VRAM
 
-    def __init__(self, cfg: DictConfig) -> None:
-        self.cfg = cfg
+    def __init__(self, settings: BackendSettings) -> None:
+        self.settings = settings
 
     @classmethod
-    def preflight(cls, cfg: DictConfig) -> None:
+    def preflight(cls, settings: BackendSettings) -> None:
         """Check this machine can run the backend as configured, before any trial.
 
         Raises:

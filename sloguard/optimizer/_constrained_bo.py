@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import TrialState
 
-from sloguard.exceptions import ConfigError
+from sloguard._optional import require
 from sloguard.optimizer._tpe import CRASH_VIOLATION, TPEOptimizer
 
 if TYPE_CHECKING:
@@ -34,11 +33,7 @@ class ConstrainedBOOptimizer(TPEOptimizer):
     name = "constrained-bo"
 
     def __init__(self, space: SearchSpace, seed: int, n_startup_trials: int = 5) -> None:
-        if importlib.util.find_spec("torch") is None:
-            raise ConfigError(
-                "optimizer 'constrained-bo' needs PyTorch; install the extra: "
-                "pip install -e '.[bo]'"
-            )
+        require("torch", "optimizer 'constrained-bo' (Optuna's GPSampler)", "bo")
         super().__init__(space, seed, n_startup_trials=n_startup_trials, crash_aware=True)
 
     @classmethod

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from omegaconf import OmegaConf
 from optuna.exceptions import DuplicatedStudyError
 from optuna.trial import TrialState
 
-from sloguard.config import to_container
+from sloguard.config import check_study_name, to_container
 from sloguard.exceptions import ConfigError
 from sloguard.redaction import mask, redact_config
 from sloguard.study import _liveness
@@ -67,7 +66,6 @@ RUN_ATTR = "sloguard:mlflow_run_id"
 STOPPED_ATTR = "sloguard:stopped"  # why the workers stopped the study (cleared by the next run)
 TRACKING_ATTR = "sloguard:tracking_uri"
 READY_ATTR = "sloguard:ready"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _READY_WAIT_S = 120.0
 
 
@@ -148,19 +146,6 @@ def open_storage(cfg: DictConfig, directory: Path) -> BaseStorage:
         grace_period=cfg.grace_period,
         on_stale=requeue,
     )
-
-
-def check_study_name(name: str) -> None:
-    """A study name becomes a folder name: letters, digits, '.', '_', '-'.
-
-    Raises:
-        ConfigError: Otherwise.
-    """
-    if not _NAME.match(name) or name in (".", ".."):
-        raise ConfigError(
-            f"study_name={name!r} is invalid; use letters, digits, '.', '_' and '-' "
-            "(at most 200, not starting with '.', '_' or '-')"
-        )
 
 
 def open_study(

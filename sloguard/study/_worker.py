@@ -21,6 +21,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
+from sloguard import signals
 from sloguard.metrics_collector import requests_table
 from sloguard.optimizer._tpe import suggest
 from sloguard.study import _liveness
@@ -103,22 +104,28 @@ class Worker:
         self.on_trial = on_trial
 
     def run(self) -> int:
-        """Work until nothing is left to run; returns how many trials this worker ran."""
+        """Work until nothing is left to run; returns how many trials this worker ran.
+
+        SIGINT and SIGTERM stop it inside a trial's evaluation or a wait, never halfway through
+        writing the storage or MLflow.
+        """
         handle = self.handle
         ran = 0
         while True:
-            if (why := handle.stopped()) is not None:
-                raise StudyStopped(why)
-            reap_dead_trials(handle.study, handle.storage, handle.grace_period)
-            budget = handle.budget()
-            trial_id = claim(handle.study, handle.storage, budget)
-            if trial_id is None:
+            with signals.deferred():
+                if (why := handle.stopped()) is not None:
+                    raise StudyStopped(why)
+                reap_dead_trials(handle.study, handle.storage, handle.grace_period)
+                budget = handle.budget()
+                trial_id = claim(handle.study, handle.storage, budget)
+                if trial_id is not None:
+                    ran += self._run_trial(trial_id)
+                    continue
                 slots = Slots.of(handle.trials(), budget)
                 if slots.running == 0 and slots.waiting == 0:
                     return ran
+            with signals.allowed():
                 time.sleep(self.settings.poll_s)
-                continue
-            ran += self._run_trial(trial_id)
 
     def _run_trial(self, trial_id: int) -> bool:
         """Run one claimed trial; whether its result was stored."""
@@ -197,7 +204,8 @@ class Worker:
             storage.set_trial_system_attr(trial_id, FIXED, params)
             storage.set_trial_user_attr(trial_id, PHASE_ATTR, phase)
         suggest(optuna.Trial(handle.study, trial_id), self.step.space)  # params, as Optuna shows
-        record = self.step.evaluate(params, number, phase)
+        with signals.allowed():
+            record = self.step.evaluate(params, number, phase)
         if self.settings.log_requests and record.result.requests:
             _write_requests(requests_csv(handle.directory, number), self.step, record)
         return record

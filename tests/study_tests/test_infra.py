@@ -50,16 +50,17 @@ def test_an_infra_failure_runs_again_and_never_reaches_the_optimizer(
     assert sorted(trials[trials["tags.sloguard.role"] == "trial"]["status"]) == ["FINISHED"] * 5
 
 
-def test_infra_failures_on_every_launch_stop_the_study(compose, study_env, monkeypatch) -> None:
-    launches = _failing_launches(monkeypatch, set(range(100)))
+def test_infra_failures_on_every_launch_stop_the_study(compose, study_env) -> None:
     cfg = compose(*FAST, "budget=6", "optimizer=random", "study_name=blocked")
-    with pytest.raises(StudyStopped, match=r"the last 4 launches failed .*Address already in use"):
-        run_study(cfg)
+    with pytest.MonkeyPatch.context() as failing:
+        launches = _failing_launches(failing, set(range(100)))
+        with pytest.raises(StudyStopped, match=r"the last 4 launches failed .*already in use"):
+            run_study(cfg)
     assert len(launches) == 4  # infra_retries=1: two configurations, each launched twice
     assert launches[0] == launches[1] and launches[2] == launches[3]
     runs = mlflow_runs(study_env["MLFLOW_TRACKING_URI"], "blocked")
     assert list(runs["status"]) == ["FAILED"]  # the study run, and no trial runs
-    monkeypatch.undo()  # the host is fixed: the same command continues where it stopped
+    # the host is fixed: the same command continues where it stopped
     outcome = run_study(cfg)
     assert [r.number for r in outcome.records] == list(range(6))
 

@@ -21,16 +21,16 @@ from sloguard.gpu_profile import (
 )
 
 if TYPE_CHECKING:
-    from omegaconf import DictConfig
+    from sloguard.config import HardwareConfig, ModelConfig
 
 
-def cudagraph_capture_sizes(max_num_seqs: int, hw: DictConfig) -> int:
+def cudagraph_capture_sizes(max_num_seqs: int, hw: HardwareConfig) -> int:
     """How many batch sizes vLLM captures: 1, 2, 4, then multiples of 8 up to its limit."""
     limit = min(2 * max_num_seqs, hw.cudagraph_max_tokens)
     return sum(1 for s in (1, 2, 4) if s <= limit) + limit // 8
 
 
-def cudagraph_bytes(model: DictConfig, hw: DictConfig, knobs: dict[str, Any]) -> float:
+def cudagraph_bytes(model: ModelConfig, hw: HardwareConfig, knobs: dict[str, Any]) -> float:
     """Memory CUDA graphs hold, growing with the captured sizes and the model's width x depth."""
     if knobs["enforce_eager"] or not hw.supports_cudagraphs:
         return 0.0
@@ -38,7 +38,7 @@ def cudagraph_bytes(model: DictConfig, hw: DictConfig, knobs: dict[str, Any]) ->
     return (0.05 + 0.006 * cudagraph_capture_sizes(knobs["max_num_seqs"], hw) * scale) * GIB
 
 
-def sampler_spike_bytes(model: DictConfig, max_num_seqs: int) -> float:
+def sampler_spike_bytes(model: ModelConfig, max_num_seqs: int) -> float:
     """Transient top-p/top-k sort buffers of a full batch (fp32 logits, probs, int64 indices)."""
     return max_num_seqs * model.vocab_size * 16.0
 
@@ -63,7 +63,7 @@ class MemoryPlan:
 
 
 def plan_memory(
-    model: DictConfig, hw: DictConfig, knobs: dict[str, Any]
+    model: ModelConfig, hw: HardwareConfig, knobs: dict[str, Any]
 ) -> tuple[MemoryPlan | None, CrashInfo | None]:
     """Plan memory at startup the way vLLM does; return the plan or the refusal.
 
@@ -140,7 +140,7 @@ def plan_memory(
 
 
 def load_oom(
-    model: DictConfig, hw: DictConfig, knobs: dict[str, Any], plan: MemoryPlan
+    model: ModelConfig, hw: HardwareConfig, knobs: dict[str, Any], plan: MemoryPlan
 ) -> CrashInfo | None:
     """The OOM that strikes under load, after the memory probe passed.
 
@@ -166,7 +166,7 @@ def load_oom(
     )
 
 
-def startup_seconds(model: DictConfig, hw: DictConfig, knobs: dict[str, Any]) -> float:
+def startup_seconds(model: ModelConfig, hw: HardwareConfig, knobs: dict[str, Any]) -> float:
     """Modelled server start: engine init, weight load, profiling, graph capture."""
     load = weight_bytes(model, knobs["quantization"]) / (hw.load_gbps * 1e9)
     capture = (
@@ -177,7 +177,9 @@ def startup_seconds(model: DictConfig, hw: DictConfig, knobs: dict[str, Any]) ->
     return 8.0 + load + 2.0 + capture
 
 
-def _config_refusal(model: DictConfig, hw: DictConfig, knobs: dict[str, Any]) -> CrashInfo | None:
+def _config_refusal(
+    model: ModelConfig, hw: HardwareConfig, knobs: dict[str, Any]
+) -> CrashInfo | None:
     max_len, tokens = knobs["max_model_len"], knobs["max_num_batched_tokens"]
     if max_len > model.max_position_embeddings:
         return _config(

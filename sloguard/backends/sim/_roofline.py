@@ -19,7 +19,7 @@ import numpy as np
 from sloguard.gpu_profile import embedding_params, kv_bytes_per_token, weight_bytes
 
 if TYPE_CHECKING:
-    from omegaconf import DictConfig
+    from sloguard.config import HardwareConfig, ModelConfig
 
 # compute efficiency of weight-only 4-bit kernels relative to fp16 GEMMs
 QUANT_COMPUTE_FACTOR: dict[str, float] = {"fp16": 1.0, "fp8": 1.0, "awq": 0.7, "gptq": 0.7}
@@ -34,7 +34,7 @@ class StepTimeModel:
         knobs: The trial's configuration.
     """
 
-    def __init__(self, model: DictConfig, hw: DictConfig, knobs: dict[str, Any]) -> None:
+    def __init__(self, model: ModelConfig, hw: HardwareConfig, knobs: dict[str, Any]) -> None:
         quant = knobs["quantization"]
         body_params = max(model.num_params_b * 1e9 - embedding_params(model), 0.0)
         self.flops_per_token = 2.0 * body_params
@@ -121,7 +121,9 @@ _ZERO_LOAD_KNOBS: dict[str, Any] = {
 }
 
 
-def zero_load_ttft_ms(model: DictConfig, hw: DictConfig, prompt_lens: np.ndarray) -> np.ndarray:
+def zero_load_ttft_ms(
+    model: ModelConfig, hw: HardwareConfig, prompt_lens: np.ndarray
+) -> np.ndarray:
     """TTFT of each prompt served alone: the frontend delay plus one whole-prompt prefill step.
 
     SLOs-Serve sets TTFT limits as multiples of this (the hardware config's roofline, calibrated

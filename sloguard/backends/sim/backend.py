@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sloguard.backends._base import BaseBackend, serve_in_turn
+from sloguard.backends._base import BackendSettings, BaseBackend, serve_in_turn
 from sloguard.backends.sim._engine import EngineSettings, make_jitter, run_engine
 from sloguard.backends.sim._memory import load_oom, plan_memory, startup_seconds
 from sloguard.backends.sim._roofline import StepTimeModel
@@ -25,10 +25,10 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 
-def step_noise(cfg: DictConfig) -> float:
+def step_noise(settings: BackendSettings | DictConfig) -> float:
     """The step-time jitter sigma: ``backend.noise`` if set, else the hardware's measured one."""
-    noise = cfg.backend.noise
-    return float(cfg.hardware.step_noise if noise is None else noise)
+    noise = settings.backend.noise
+    return float(settings.hardware.step_noise if noise is None else noise)
 
 
 class SimBackend(BaseBackend):
@@ -51,7 +51,7 @@ class SimBackend(BaseBackend):
         seed: int,
         log_path: Path | None = None,
     ) -> TrialResult:
-        time.sleep(self.cfg.backend.startup_sleep_s)
+        time.sleep(self.settings.backend.startup_sleep_s)
         return self._evaluate(config, workload, slo, seed=seed)
 
     def evaluate_adaptive(
@@ -63,7 +63,7 @@ class SimBackend(BaseBackend):
         seed: int,
         log_path: Path | None = None,
     ) -> list[TrialResult]:
-        time.sleep(self.cfg.backend.startup_sleep_s)  # one launch serves every load
+        time.sleep(self.settings.backend.startup_sleep_s)  # one launch serves every load
         return serve_in_turn(
             lambda load: self._evaluate(config, load, slo, seed=seed), next_workload
         )
@@ -76,7 +76,7 @@ class SimBackend(BaseBackend):
         *,
         seed: int,
     ) -> TrialResult:
-        model, hw, backend = self.cfg.model, self.cfg.hardware, self.cfg.backend
+        model, hw, backend = self.settings.model, self.settings.hardware, self.settings.backend
         wall = time.perf_counter()
         plan, crash = plan_memory(model, hw, config)
         if crash is not None or plan is None:
@@ -103,7 +103,7 @@ class SimBackend(BaseBackend):
             workload,
             settings,
             StepTimeModel(model, hw, config),
-            make_jitter(rng, step_noise(self.cfg)),
+            make_jitter(rng, step_noise(self.settings)),
             backend.timeout_s,
             arrival_delay_s=hw.request_overhead_ms * 1e-3,
             arrival_delay_per_running_s=hw.stream_overhead_ms * 1e-3,

