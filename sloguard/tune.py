@@ -46,7 +46,9 @@ _INFO_FLAGS = {
     "-c",
     "--shell-completion",
     "-sc",
+    "--version",
 }
+_FLAGS = {"--multirun", "-m", "--run", "-r", "--resolve"}  # Hydra's that take no value
 _FLAGS_WITH_VALUE = {
     "--config-path",
     "-cp",
@@ -55,6 +57,8 @@ _FLAGS_WITH_VALUE = {
     "--config-dir",
     "-cd",
     "--experimental-rerun",
+    "--package",
+    "-p",
 }
 _env_run_id: str | None = None  # MLFLOW_RUN_ID as `mlflow run` exported it
 
@@ -109,6 +113,11 @@ def check_overrides(argv: Sequence[str]) -> None:
             return
         elif arg in _FLAGS_WITH_VALUE:
             skip_next = True
+        elif arg.startswith("-") and arg.split("=")[0] not in _FLAGS | _FLAGS_WITH_VALUE:
+            raise ConfigError(
+                f"{arg!r} is not an option; give overrides as key=value, and see --help for the "
+                "options"
+            )
         elif not arg.startswith("-") and not arg.startswith("hydra"):
             overrides.append(arg)
     for combo in expand_sweeps(overrides):

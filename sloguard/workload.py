@@ -227,7 +227,9 @@ def _checked_column(column: pd.Series, name: str, *, integer: bool) -> np.ndarra
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         what = "a whole number >= 0" if integer else "a time"
-        raise ValueError(f"row {row + 1}: {name}={column.iloc[row]!r} is not {what}")
+        value = column.iloc[row]
+        shown = repr(value) if isinstance(value, str) else str(value)
+        raise ValueError(f"row {row + 1}: {name}={shown} is not {what}")
     return values
 
 

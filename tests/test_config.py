@@ -150,6 +150,7 @@ def test_a_remote_server_needs_an_api_key(compose) -> None:
         ["hardware.compute_efficiency=0"],
         ["tracking.uri=sqlite:////proc/nope/mlflow.db"],
         ["study_name=../escape"],
+        ["--bogus-flag"],
     ],
 )
 def test_cli_rejects_bad_input_and_writes_nothing(
