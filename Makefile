@@ -26,7 +26,7 @@ tiny-model:  ## the tiny random-weight Qwen2 model + tokenizer in models/tiny-ra
 study:  ## one 15-trial TPE study on the embedded simulator, tracked in MLflow
 	PATH="$(BIN):$$PATH" mlflow run . --env-manager local --experiment-name sloguard -P optimizer=tpe -P seed=42
 
-test:  ## the whole test suite (20-22 minutes on 2 cores, real vLLM and PostgreSQL tests included)
+test:  ## the whole test suite (14-19 minutes on 2 cores, real vLLM and PostgreSQL tests included)
 	$(BIN)/python -m pytest -q
 
 lint:  ## ruff (style, format) and mypy (types) over the package

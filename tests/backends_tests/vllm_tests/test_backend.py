@@ -396,7 +396,9 @@ def test_capacity_of_multi_round_requests_on_one_real_server(vllm_python, study_
 
 
 @pytest.mark.vllm
-def test_capacity_search_on_a_config_vllm_rejects_is_a_config_crash(vllm_python) -> None:
+def test_capacity_search_on_a_config_vllm_rejects_is_a_config_crash(
+    vllm_python, study_env
+) -> None:
     from sloguard.cli import evaluate
 
     out = evaluate([*REAL, "workload=chatbot", "workload.num_requests=12", "objective=capacity",
