@@ -220,9 +220,9 @@ class DurableJournalFileBackend(JournalFileBackend):
                     )
                 number += 1
                 yield log
-        except (ValueError, UnicodeDecodeError) as e:
-            if isinstance(e, StoreDamaged):
-                raise
+        except StoreDamaged:
+            raise
+        except ValueError:  # JSON and UTF-8 decoding errors alike
             raise StoreDamaged(self._damage(number + 1, "not a journal record")) from None
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
@@ -270,10 +270,7 @@ def _fix_tail(f: Any) -> None:
     if f.read(1) == b"\n":
         return
     cut = _last_newline(f, size)
-    f.seek(cut)
-    try:
-        json.loads(f.read(size - cut))
-    except ValueError:
+    if not _is_json(f, cut, size):
         f.truncate(cut)
         return
     f.write(b"\n")
@@ -283,12 +280,14 @@ def _fix_tail(f: Any) -> None:
 
 def _last_line_is_json(f: Any) -> bool:
     size = f.seek(0, os.SEEK_END)
-    if size == 0:
-        return True
-    start = _last_newline(f, size - 1)
+    return size == 0 or _is_json(f, _last_newline(f, size - 1), size)
+
+
+def _is_json(f: Any, start: int, end: int) -> bool:
+    """Whether the bytes from ``start`` to ``end`` are one JSON value."""
     f.seek(start)
     try:
-        json.loads(f.read(size - start))
+        json.loads(f.read(end - start))
     except ValueError:
         return False
     return True
