@@ -22,6 +22,8 @@ from sloguard._domain import check_domains, num, text
 from sloguard.exceptions import ConfigError
 
 OBJECTIVES: tuple[str, ...] = ("goodput", "capacity")
+SCHEDULERS: tuple[str, ...] = ("vllm", "slos-serve")  # the simulator's scheduling policies
+ROUTER_NAMES: tuple[str, ...] = ("round-robin", "least-loaded", "slo-aware")
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
@@ -196,6 +198,17 @@ class OptimizerConfig:
 
 
 @dataclass
+class SpecDecodeConfig:
+    """Speculative decoding in the simulator (a draft model proposes, the target verifies)."""
+
+    enabled: bool = False
+    # tokens speculated per step (vllm scheduler: always; slos-serve: up to, per SLO tier)
+    max_tokens: int = num(4, ge=1, le=16)
+    acceptance_rate: float = num(0.7, gt=0, le=1)  # chance each speculated token is accepted
+    draft_ratio: float = num(0.1, ge=0, le=1)  # a draft step's time / the target's decode step
+
+
+@dataclass
 class BackendConfig:
     """Where a configuration is evaluated: the simulator or a real vLLM server."""
 
@@ -210,6 +223,12 @@ class BackendConfig:
     cuda_error_rate: float = num(0.0, ge=0, le=1)
     # wall-clock seconds slept per trial, standing for a launch
     startup_sleep_s: float = num(0.0, ge=0, le=86400)
+    scheduler: str = text("vllm")  # vllm (FCFS, vLLM's) or slos-serve (deadline plans, admission)
+    replicas: int = num(1, ge=1, le=64)  # independent engines behind a router
+    router: str = text("round-robin")  # round-robin, least-loaded or slo-aware
+    # slos-serve: requests no plan admits are served best effort (off: all admitted)
+    soft_admission: bool = True
+    spec_decode: SpecDecodeConfig = field(default_factory=SpecDecodeConfig)
     # vllm: the launch command as an argv list; "{python}" and "{model}" are substituted
     command: list[str] = field(default_factory=lambda: ["vllm", "serve", "{model}"])
     python: str = text(
@@ -274,6 +293,12 @@ class SpaceConfig:
     enforce_eager: BoolChoiceConfig = field(default_factory=BoolChoiceConfig)
     enable_chunked_prefill: BoolChoiceConfig = field(default_factory=BoolChoiceConfig)
     enable_prefix_caching: BoolChoiceConfig = field(default_factory=BoolChoiceConfig)
+    # the simulator's serving choices, searched when given (the sim backend only); the first
+    # choice is the default, e.g. space.scheduler=[vllm,slos-serve] space.replicas=[1,2,4]
+    scheduler: list[str] = field(default_factory=list)
+    replicas: list[int] = field(default_factory=list)
+    router: list[str] = field(default_factory=list)
+    spec_decode: list[bool] = field(default_factory=list)
     repair: bool = True  # cap and bump knobs to what vLLM accepts and fit them to the KV cache
     # memory guard: max_num_seqs x max_model_len <= this x KV tokens
     kv_overcommit: float = num(8.0, gt=0, le=1_000_000)
@@ -404,11 +429,46 @@ def validate(cfg: DictConfig) -> Config:
             f"backend.startup_timeout_s={cfg.backend.startup_timeout_s}"
         )
     _check_optimizer(cfg.optimizer, cfg.budget)
+    _check_serving(cfg.backend, cfg.space)
     _check_network(cfg.backend)
     space = SearchSpace.from_config(cfg.space)  # raises ConfigError on a bad range
     fixed = {k: v for k, v in to_container(cfg.knobs).items() if v is not None}
     space.check_values(fixed, where="knobs")
     return typed
+
+
+def _check_serving(backend: DictConfig, space: DictConfig) -> None:
+    """Scheduler, router and speculation are the simulator's; a real server keeps its own."""
+    from sloguard.space import SERVING_KNOBS
+
+    _check_choice("backend.scheduler", backend.scheduler, SCHEDULERS)
+    _check_choice("backend.router", backend.router, ROUTER_NAMES)
+    for name, allowed in (("scheduler", SCHEDULERS), ("router", ROUTER_NAMES)):
+        for choice in space[name]:
+            _check_choice(f"space.{name}", choice, allowed)
+    for replicas in space.replicas:
+        if not 1 <= replicas <= 64:
+            raise ConfigError(f"space.replicas has {replicas}; each must be in [1, 64]")
+    if backend.name == "sim":
+        return
+    asked = [
+        f"backend.{key}={backend[key]}"
+        for key, plain in (("scheduler", "vllm"), ("replicas", 1))
+        if backend[key] != plain
+    ]
+    asked += ["backend.spec_decode.enabled=true"] if backend.spec_decode.enabled else []
+    asked += [f"space.{name}=[{_as_typed(space[name])}]" for name in SERVING_KNOBS if space[name]]
+    if asked:
+        raise ConfigError(
+            f"{asked[0]} is the simulator's: a real vLLM server cannot change its scheduler, "
+            f"replicas, router or speculation from here; use backend=sim, or leave it at "
+            f"scheduler=vllm, replicas=1, spec_decode.enabled=false and out of the space"
+        )
+
+
+def _as_typed(choices: Any) -> str:
+    """A list of choices as it is written on the command line: ``vllm,slos-serve``."""
+    return ",".join(str(c).lower() if isinstance(c, bool) else str(c) for c in choices)
 
 
 def _check_network(backend: DictConfig) -> None:

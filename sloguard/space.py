@@ -27,6 +27,8 @@ KNOB_NAMES: tuple[str, ...] = (
     "enable_chunked_prefill",
     "enable_prefix_caching",
 )
+# the simulator's serving choices, knobs of the space only where the space gives them
+SERVING_KNOBS: tuple[str, ...] = ("scheduler", "replicas", "router", "spec_decode")
 QUANTIZATIONS: tuple[str, ...] = ("fp16", "fp8", "awq", "gptq")
 
 # knob -> (parent knob, parent value under which the knob is active)
@@ -137,13 +139,17 @@ class SearchSpace:
         missing = [n for n in KNOB_NAMES if n not in knobs]
         if missing:
             raise ConfigError(f"space is missing knobs: {', '.join(missing)}")
-        self.knobs = {name: knobs[name] for name in KNOB_NAMES}
+        names = KNOB_NAMES + tuple(n for n in SERVING_KNOBS if n in knobs)
+        self.knobs = {name: knobs[name] for name in names}
         self.repair_enabled = repair
 
     @classmethod
     def from_config(cls, cfg: DictConfig | dict[str, Any]) -> SearchSpace:
         """Build from the ``space`` config group, checking every range."""
         knobs: dict[str, Knob] = {}
+        for name in SERVING_KNOBS:  # searched where the space lists choices, the first default
+            if cfg.get(name):
+                knobs[name] = CategoricalKnob(name, tuple(cfg[name]), cfg[name][0])
         for name in KNOB_NAMES:
             spec = cfg[name]
             if "choices" in spec:
@@ -216,7 +222,7 @@ class SearchSpace:
         for name in CONDITIONS:
             if self.is_active(name, params):
                 params[name] = self.knobs[name].sample(rng)
-        return {name: params[name] for name in KNOB_NAMES if name in params}
+        return {name: params[name] for name in self.knobs if name in params}
 
     def defaults(self) -> dict[str, Any]:
         """The default of every active knob."""
@@ -225,14 +231,14 @@ class SearchSpace:
 
     def complete(self, params: dict[str, Any]) -> dict[str, Any]:
         """Return a full config: inactive knobs take their inactive value, order fixed."""
-        unknown = sorted(set(params) - set(KNOB_NAMES))
+        unknown = sorted(set(params) - set(self.knobs))
         if unknown:
             raise _unknown_knob(unknown[0])
         full = {**self.defaults(), **params}
         for name, value in INACTIVE_VALUES.items():
             if not self.is_active(name, full):
                 full[name] = value
-        return {name: full[name] for name in KNOB_NAMES}
+        return {name: full[name] for name in self.knobs}
 
     def check_values(self, params: dict[str, Any], where: str = "params") -> None:
         """Raise ConfigError if a value is of the wrong kind; range is not enforced here."""
@@ -283,6 +289,11 @@ class SearchSpace:
 
 
 def _unknown_knob(name: str) -> ConfigError:
+    if name in SERVING_KNOBS:
+        return ConfigError(
+            f"knob {name!r} is not in this space; the simulator searches it when the space "
+            f"gives it (space.{name}=...)"
+        )
     return ConfigError(f"unknown knob {name!r}; knobs are: {', '.join(KNOB_NAMES)}")
 
 

@@ -56,3 +56,49 @@ def test_evaluate_rejects_an_unknown_knob(study_env, tmp_path: Path) -> None:
         "gpu_memory_utilization, max_model_len, enforce_eager, "
         "enable_chunked_prefill, enable_prefix_caching"
     )
+
+
+def test_serving_choices_are_checked_in_one_line(study_env, tmp_path: Path) -> None:
+    bad = {
+        "backend.scheduler=fifo": "backend.scheduler='fifo' is not known; choose one of: vllm, "
+        "slos-serve",
+        "backend.router=random": "backend.router='random' is not known; choose one of: "
+        "round-robin, least-loaded, slo-aware",
+        "backend.replicas=0": "backend.replicas=0 is invalid; it must be an integer >= 1",
+        "backend.spec_decode.acceptance_rate=0": "backend.spec_decode.acceptance_rate=0.0 is "
+        "invalid; it must be a finite number > 0 and <= 1",
+        "backend.spec_decode.acceptance_rate=1.5": "backend.spec_decode.acceptance_rate=1.5 is "
+        "invalid; it must be a finite number > 0 and <= 1",
+        "space.router=[slo-aware,nearest]": "space.router='nearest' is not known",
+    }
+    for override, message in bad.items():
+        proc = run_cli(["-m", "sloguard.cli", "evaluate", override], cwd=tmp_path, env=study_env)
+        assert proc.returncode == 2, override
+        assert proc.stderr.startswith(f"sloguard: error: {message}"), proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_a_real_server_refuses_the_sims_serving_choices(study_env, tmp_path: Path) -> None:
+    for override in ("backend.scheduler=slos-serve", "backend.replicas=2",
+                     "backend.spec_decode.enabled=true", "space.scheduler=[vllm,slos-serve]"):  # fmt: skip
+        proc = run_cli(
+            ["-m", "sloguard.cli", "evaluate", "backend=vllm-cpu", override],
+            cwd=tmp_path,
+            env=study_env,
+        )
+        assert proc.returncode == 2, override
+        line = proc.stderr.strip()
+        assert line.startswith(f"sloguard: error: {override}") and "\n" not in line
+        assert "use backend=sim" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluate_prints_the_capacity_under_either_scheduler(study_env, tmp_path: Path) -> None:
+    capacity = {}
+    for scheduler in ("vllm", "slos-serve"):
+        args = ["workload=mixed", "objective=capacity", f"backend.scheduler={scheduler}"]
+        proc = run_cli(["-m", "sloguard.cli", "evaluate", *args], cwd=tmp_path, env=study_env)
+        assert proc.returncode == 0, proc.stderr
+        capacity[scheduler] = json.loads(proc.stdout)["metrics"]["capacity_rps"]
+    assert capacity["slos-serve"] > capacity["vllm"] > 0

@@ -89,6 +89,53 @@ class StepTimeModel:
         """
         return self._seconds(num_seqs, num_seqs, 0.0, contexts, jitters, np.maximum)
 
+    def extra_tokens(
+        self,
+        seconds: float,
+        step: tuple[int, int, float, int],
+        context_per_token: float,
+    ) -> int:
+        """The most tokens a step can add and still take at most ``seconds`` (no jitter).
+
+        The inverse of a step: what chunk of a prompt fits beside the rest of a batch.
+
+        Args:
+            seconds: The step's time limit.
+            step: The batch so far: (tokens, sampled sequences, prefill attention pairs, decode
+                context), as the model is called with; the added tokens sample nothing.
+            context_per_token: Context each added token attends to (prefill attention).
+        """
+        tokens, sampled, pairs, decode_context = step
+        memory = (self.weight_bytes + self.kv_bytes_per_token * decode_context) / self.bytes_per_s
+        fixed = (
+            self.flops_per_token * tokens + self.flops_per_sample * sampled
+        ) / self.flops_per_s + self.attn_flops_per_pair * (
+            pairs + decode_context
+        ) / self.attn_flops_per_s
+        per_token = (
+            self.flops_per_token / self.flops_per_s
+            + self.attn_flops_per_pair * context_per_token / self.attn_flops_per_s
+        )
+        best = 0
+        for graph in (True, False):
+            if graph:
+                if tokens >= self.graph_tokens:
+                    continue
+                left = seconds - self.graph_overhead - self.graph_seq_overhead * sampled
+                factor = self.graph_compute
+            else:
+                left = seconds - self.eager_overhead - self.seq_overhead * sampled
+                factor = 1.0
+            if left < memory:
+                continue
+            extra = int((left / factor - fixed) / per_token)
+            if graph:
+                extra = min(extra, self.graph_tokens - tokens)
+            elif tokens + extra <= self.graph_tokens:
+                continue  # steps that small run as graphs, timed above
+            best = max(best, extra)
+        return best
+
     def _seconds(
         self,
         num_tokens: int,

@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sloguard.backends._base import BackendSettings, BaseBackend, serve_in_turn
-from sloguard.backends.sim._engine import EngineSettings, make_jitter, run_engine
+from sloguard.backends.sim._cluster import (
+    EngineRun,
+    ServingSettings,
+    SpecDecodeSettings,
+    run_engine,
+)
+from sloguard.backends.sim._engine import EngineSettings, make_jitter
 from sloguard.backends.sim._memory import load_oom, plan_memory, startup_seconds
 from sloguard.backends.sim._roofline import StepTimeModel
 from sloguard.crash_classifier import CrashCategory, CrashInfo
@@ -68,6 +74,25 @@ class SimBackend(BaseBackend):
             lambda load: self._evaluate(config, load, slo, seed=seed), next_workload
         )
 
+    def serving(self, config: dict[str, Any], slo: SloContract) -> ServingSettings:
+        """Scheduler, replicas, router and speculation: the backend's, or the trial's knobs."""
+        backend = self.settings.backend
+        spec = backend.spec_decode
+        return ServingSettings(
+            scheduler=config.get("scheduler", backend.scheduler),
+            replicas=int(config.get("replicas", backend.replicas)),
+            router=config.get("router", backend.router),
+            soft_admission=backend.soft_admission,
+            spec=SpecDecodeSettings(
+                enabled=bool(config.get("spec_decode", spec.enabled)),
+                max_tokens=spec.max_tokens,
+                acceptance_rate=spec.acceptance_rate,
+                draft_ratio=spec.draft_ratio,
+            ),
+            ttft_ms=slo.ttft_ms,
+            tpot_ms=slo.itl_ms,
+        )
+
     def _evaluate(
         self,
         config: dict[str, Any],
@@ -107,6 +132,8 @@ class SimBackend(BaseBackend):
             backend.timeout_s,
             arrival_delay_s=hw.request_overhead_ms * 1e-3,
             arrival_delay_per_running_s=hw.stream_overhead_ms * 1e-3,
+            serving=self.serving(config, slo),
+            seed=seed,
         )
         server.update(
             num_steps=run.num_steps,
@@ -115,6 +142,7 @@ class SimBackend(BaseBackend):
             mean_batch_tokens=round(run.mean_batch_tokens, 2),
             prefix_cache_hit_rate=round(run.prefix_cache_hit_rate, 4),
             sim_wall_s=round(time.perf_counter() - wall, 4),
+            **_serving_metrics(run),
         )
         cut = truncate(run.records, slo, workload.classes) if backend.early_abort else None
         if cut is not None:  # what a live window would have kept when it stopped
@@ -154,3 +182,23 @@ class SimBackend(BaseBackend):
             server=server,
             classes=workload.classes,
         )
+
+
+def _serving_metrics(run: EngineRun) -> dict[str, float]:
+    """Best-effort counts, the planner's time, and each replica's share when there are several."""
+    stats = run.replicas
+    values: dict[str, float] = {}
+    if any(r.planner_ms_max for r in stats):
+        values["best_effort_requests"] = sum(r.best_effort for r in stats)
+        values["planner_ms_mean"] = round(
+            sum(r.planner_ms_mean * r.num_steps for r in stats) / max(run.num_steps, 1), 4
+        )
+        values["planner_ms_max"] = round(max(r.planner_ms_max for r in stats), 4)
+    if len(stats) > 1:
+        for i, r in enumerate(stats):
+            values[f"replica{i}_requests"] = r.requests
+            values[f"replica{i}_output_tokens"] = r.output_tokens
+            values[f"replica{i}_preemptions"] = r.num_preemptions
+            values[f"replica{i}_peak_kv_usage"] = round(r.peak_kv_usage, 4)
+            values[f"replica{i}_best_effort"] = r.best_effort
+    return values

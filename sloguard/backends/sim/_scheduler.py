@@ -1,0 +1,141 @@
+"""vLLM's scheduling policy for the simulated engine."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sloguard.backends.sim._engine import StepPlan
+from sloguard.gpu_profile import BLOCK_SIZE
+
+if TYPE_CHECKING:
+    from sloguard.backends.sim._engine import Engine
+
+
+class VllmScheduler:
+    """vLLM v1's policy: running requests first, then waiting ones in arrival order.
+
+    Each step schedules running requests first (one token per decode, the next chunk of a partial
+    prefill), then admits waiting ones in arrival order while there is room under
+    ``max_num_seqs`` and the token budget ``max_num_batched_tokens``. Without chunked prefill a
+    prompt is prefilled whole or waits. When a running request needs a block and none is free,
+    the newest running request is preempted and recomputed later, and no waiting request is
+    admitted that step.
+
+    Args:
+        spec_tokens: Tokens each decode speculates (vLLM's ``num_speculative_tokens``; 0: off).
+        draft_ratio: Time of one draft-model step as a share of the target's decode step.
+    """
+
+    def __init__(self, spec_tokens: int = 0, draft_ratio: float = 0.0) -> None:
+        self.spec_tokens = spec_tokens
+        self.draft_ratio = draft_ratio
+
+    def attach(self, engine: Engine) -> None:
+        return None
+
+    def arrive(self, engine: Engine, rid: int) -> None:
+        engine.waiting.append(rid)
+
+    def queued(self, engine: Engine) -> int:
+        return 0
+
+    def may_jump(self, engine: Engine) -> bool:
+        return not self.spec_tokens and (
+            not engine.waiting or len(engine.running) >= engine.settings.max_num_seqs
+        )
+
+    def retire(self, engine: Engine, rid: int) -> None:
+        return None
+
+    def schedule(self, engine: Engine) -> StepPlan:
+        reqs = engine.reqs
+        prompt, target, computed, generated, blocks = reqs.state
+        running, waiting = engine.running, engine.waiting
+        spec_tokens = self.spec_tokens
+        budget = engine.settings.max_num_batched_tokens
+        ids: list[int] = []
+        tokens: list[int] = []
+        spec: list[int] | None = [] if spec_tokens else None
+        num_sampled = decode_ctx = 0
+        attn_pairs = 0.0
+        free_blocks = engine.free_blocks
+        preempted = False
+        idx = 0
+        while idx < len(running) and budget > 0:
+            rid = running[idx]
+            seq = prompt[rid] + generated[rid]
+            need = seq - computed[rid]
+            if spec_tokens and need == 1:
+                need += min(spec_tokens, target[rid] - generated[rid] - 1)
+            ntok = need if need <= budget else budget
+            new_blocks = -(-(computed[rid] + ntok) // BLOCK_SIZE) - blocks[rid]
+            victim = -1
+            while new_blocks > free_blocks and victim != rid:
+                victim = running.pop()  # the newest request is recomputed later
+                free_blocks += blocks[victim]
+                engine.preempt(victim)
+                waiting.appendleft(victim)
+                preempted = True
+            if victim == rid:
+                break
+            free_blocks -= new_blocks
+            blocks[rid] += new_blocks
+            ids.append(rid)
+            tokens.append(ntok)
+            budget -= ntok
+            if computed[rid] == seq - 1:  # a decode (with its speculated tokens)
+                decode_ctx += seq
+                num_sampled += ntok
+                if spec is not None:
+                    attn_pairs += (ntok - 1) * seq
+                    spec.append(ntok - 1)
+            else:
+                attn_pairs += ntok * (computed[rid] + (ntok + 1) / 2)
+                if ntok == need:
+                    num_sampled += 1
+                if spec is not None:
+                    spec.append(0)
+            idx += 1
+        engine.free_blocks = free_blocks
+        plan = StepPlan(ids, tokens, num_sampled, attn_pairs, decode_ctx, spec)
+        if not preempted:
+            self._admit(engine, plan, budget)
+        if spec:
+            decoding = sum(1 for n in spec if n)
+            plan.draft_s = (
+                max(spec)
+                * self.draft_ratio
+                * engine.step_time(decoding, decoding, 0.0, plan.decode_context, 1.0)
+            )
+        return plan
+
+    def _admit(self, engine: Engine, plan: StepPlan, budget: int) -> None:
+        """Start waiting requests in arrival order while they fit the budget, seats and KV."""
+        reqs = engine.reqs
+        waiting, running, settings = engine.waiting, engine.running, engine.settings
+        while waiting and len(running) < settings.max_num_seqs and budget > 0:
+            rid = waiting[0]
+            seq = reqs.prompt[rid] + reqs.generated[rid]
+            start = engine.begin(rid) if reqs.computed[rid] == 0 else reqs.computed[rid]
+            need = seq - start
+            if not settings.enable_chunked_prefill and need > budget:
+                break
+            ntok = need if need <= budget else budget
+            new_blocks = -(-(start + ntok) // BLOCK_SIZE)
+            if new_blocks > engine.free_blocks:
+                break
+            if start:
+                engine.prefix_hits += start
+            waiting.popleft()
+            running.append(rid)
+            reqs.computed[rid] = start
+            engine.free_blocks -= new_blocks
+            reqs.blocks[rid] = new_blocks
+            plan.ids.append(rid)
+            plan.tokens.append(ntok)
+            if plan.spec is not None:
+                plan.spec.append(0)
+            budget -= ntok
+            plan.attn_pairs += ntok * (start + (ntok + 1) / 2)
+            if ntok == need:
+                plan.num_sampled += 1

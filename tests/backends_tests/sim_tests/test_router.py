@@ -1,0 +1,67 @@
+"""Replicas behind a router."""
+
+from __future__ import annotations
+
+import pytest
+
+from sloguard.backends.sim import ROUTERS, ServingSettings
+from sloguard.backends.sim._router import Router
+from sloguard.config import ROUTER_NAMES
+from tests.backends_tests.sim_tests.conftest import Serve
+
+
+def test_the_router_names_are_the_configs() -> None:
+    assert tuple(ROUTERS) == ROUTER_NAMES
+
+
+@pytest.mark.parametrize("router", ROUTER_NAMES)
+@pytest.mark.parametrize("scheduler", ["vllm", "slos-serve"])
+def test_no_replica_is_given_more_than_its_kv_holds(
+    serve: Serve, router: str, scheduler: str
+) -> None:
+    over: list[tuple[int, int]] = []
+    place = Router._place
+
+    def checked(self: Router, rid: int):
+        engine = place(self, rid)
+        if engine is not None:
+            i = self.engines.index(engine)
+            if self.load[i] > engine.total_blocks:
+                over.append((rid, i))
+        return engine
+
+    Router._place = checked  # type: ignore[method-assign]
+    try:
+        load = ["workload=mixed", "workload.num_requests=300", "workload.request_rate=80"]
+        serving = ServingSettings(scheduler=scheduler, replicas=3, router=router)
+        run, _ = serve(load, serving, num_blocks=400)  # ~6,400 tokens of KV per replica
+    finally:
+        Router._place = place  # type: ignore[method-assign]
+    assert over == []
+    assert all(r.success for r in run.records)  # those held at the router were placed later
+    assert sum(s.requests for s in run.replicas) == 300 and min(s.requests for s in run.replicas)
+
+
+def test_round_robin_takes_turns_and_rounds_stay_together(serve: Serve) -> None:
+    load = ["workload=tool-calling", "workload.num_requests=60"]
+    run, workload = serve(load, ServingSettings(replicas=2, router="round-robin"))
+    counts = [s.requests for s in run.replicas]
+    assert sum(counts) == len(workload) and abs(counts[0] - counts[1]) <= len(workload) // 3
+    # later rounds ran where the round before did: their prompts were found in the cache
+    alone, _ = serve(load)
+    assert run.prefix_cache_hit_rate == pytest.approx(alone.prefix_cache_hit_rate, abs=0.02)
+
+
+def test_two_replicas_serve_twice_the_rate_as_well_as_one_serves_its_own(serve: Serve) -> None:
+    load = ["workload=mixed", "workload.request_rate=24"]
+    one, _ = serve([*load, "workload.num_requests=300"])
+    two, _ = serve(
+        ["workload=mixed", "workload.request_rate=48", "workload.num_requests=600"],
+        ServingSettings(replicas=2, router="least-loaded"),
+    )
+
+    def mean_ttft(run) -> float:
+        return sum(r.token_times[0] - r.send_time for r in run.records) / len(run.records)
+
+    assert all(r.success for r in one.records + two.records)
+    assert mean_ttft(two) <= 1.2 * mean_ttft(one)

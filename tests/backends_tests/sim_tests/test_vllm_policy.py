@@ -1,0 +1,130 @@
+"""The vllm scheduling policy gives exactly the results the engine gave before it had policies.
+
+The digests below were printed by this file's ``_digest`` run on commit a6fce77 (one
+``run_engine`` function): every workload in ``conf/workload`` (but the trace, which needs a
+file), under the default knobs, without chunked prefill, with prefix caching and with a small
+batch, with step-time noise. A digest covers every token time, send time and error, and the
+engine's counters, as exact floats.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from sloguard.backends.sim import EngineSettings, StepTimeModel, run_engine
+from sloguard.backends.sim._engine import make_jitter
+from sloguard.backends.sim._memory import plan_memory
+from sloguard.backends.sim._roofline import zero_load_ttft_ms
+from sloguard.backends.sim.backend import step_noise
+from sloguard.space import SearchSpace
+from sloguard.tune import compose_config
+from sloguard.workload import build_workload
+
+VARIANTS: dict[str, dict[str, object]] = {
+    "default": {},
+    "whole-prefill": {"enable_chunked_prefill": False, "max_num_batched_tokens": 8192},
+    "prefix-cache": {"enable_prefix_caching": True},
+    "small-batch": {"max_num_seqs": 8, "max_num_batched_tokens": 1024},
+}
+WORKLOADS = ("azure-code", "azure-conv", "chat", "chat-poisson", "chatbot", "coding", "mixed",
+             "reasoning", "smoke", "summarization", "summarize", "tool-calling")  # fmt: skip
+
+
+def _digest(workload_name: str, variant: str) -> str:
+    cfg = compose_config([f"workload={workload_name}"])
+    knobs = SearchSpace.from_config(cfg.space).complete({})
+    knobs.update(VARIANTS[variant])
+    workload = build_workload(
+        cfg.workload, lambda p: zero_load_ttft_ms(cfg.model, cfg.hardware, p)
+    )
+    plan, _ = plan_memory(cfg.model, cfg.hardware, knobs)
+    assert plan is not None
+    settings = EngineSettings(
+        knobs["max_num_seqs"], knobs["max_num_batched_tokens"], knobs["max_model_len"],
+        knobs["enable_chunked_prefill"], knobs["enable_prefix_caching"], plan.num_blocks,
+    )  # fmt: skip
+    run = run_engine(
+        workload,
+        settings,
+        StepTimeModel(cfg.model, cfg.hardware, knobs),
+        make_jitter(np.random.default_rng(3), step_noise(cfg)),
+        cfg.backend.timeout_s,
+        arrival_delay_s=cfg.hardware.request_overhead_ms * 1e-3,
+        arrival_delay_per_running_s=cfg.hardware.stream_overhead_ms * 1e-3,
+    )
+    text = repr(
+        (
+            [(r.send_time, r.scheduled_time, r.error, r.token_times.tolist())
+             for r in run.records],
+            run.duration_s, run.timed_out, run.num_steps, run.num_preemptions,
+            run.peak_kv_usage, run.mean_batch_tokens, run.prefix_cache_hit_rate,
+        )
+    )  # fmt: skip
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+EXPECTED: dict[tuple[str, str], str] = {
+    ("azure-code", "default"): "b2b12a949574fb67",
+    ("azure-code", "whole-prefill"): "52907e7e8b615d83",
+    ("azure-code", "prefix-cache"): "b2b12a949574fb67",
+    ("azure-code", "small-batch"): "12fd765c1e837048",
+    ("azure-conv", "default"): "bf468acb307ab055",
+    ("azure-conv", "whole-prefill"): "3ed92dd50b938746",
+    ("azure-conv", "prefix-cache"): "bf468acb307ab055",
+    ("azure-conv", "small-batch"): "33b2c95df71cf6ec",
+    ("chat", "default"): "bec7c244ab555b3c",
+    ("chat", "whole-prefill"): "3ec70f6fdce6e87c",
+    ("chat", "prefix-cache"): "bec7c244ab555b3c",
+    ("chat", "small-batch"): "08cb68d6ca963812",
+    ("chat-poisson", "default"): "aee8e9007684e390",
+    ("chat-poisson", "whole-prefill"): "b3012c5abad2f862",
+    ("chat-poisson", "prefix-cache"): "aee8e9007684e390",
+    ("chat-poisson", "small-batch"): "3733b69831665056",
+    ("chatbot", "default"): "4477d492c1534ec4",
+    ("chatbot", "whole-prefill"): "5c8f110f1ab5f6b8",
+    ("chatbot", "prefix-cache"): "4477d492c1534ec4",
+    ("chatbot", "small-batch"): "9ce4dcd290f099bb",
+    ("coding", "default"): "817b2cc8f36af717",
+    ("coding", "whole-prefill"): "445f50f9ccb37183",
+    ("coding", "prefix-cache"): "817b2cc8f36af717",
+    ("coding", "small-batch"): "bde3efe2bebe6df3",
+    ("mixed", "default"): "b914997a042daecd",
+    ("mixed", "whole-prefill"): "79d36813a8fad9d9",
+    ("mixed", "prefix-cache"): "b914997a042daecd",
+    ("mixed", "small-batch"): "3ce5649116980d63",
+    ("reasoning", "default"): "22ac19e57e2b2db3",
+    ("reasoning", "whole-prefill"): "538f9d7d8f3f28e4",
+    ("reasoning", "prefix-cache"): "22ac19e57e2b2db3",
+    ("reasoning", "small-batch"): "fa9796de5eeccbee",
+    ("smoke", "default"): "2c74676b5698d152",
+    ("smoke", "whole-prefill"): "7e13766908ab5f9f",
+    ("smoke", "prefix-cache"): "2c74676b5698d152",
+    ("smoke", "small-batch"): "7db408c34582705f",
+    ("summarization", "default"): "f901bcb14591c378",
+    ("summarization", "whole-prefill"): "2535376ee6b1faa3",
+    ("summarization", "prefix-cache"): "f901bcb14591c378",
+    ("summarization", "small-batch"): "ce3b039b87fba8f8",
+    ("summarize", "default"): "2f4b4b7d651e27ff",
+    ("summarize", "whole-prefill"): "5321643924922a83",
+    ("summarize", "prefix-cache"): "2f4b4b7d651e27ff",
+    ("summarize", "small-batch"): "4ccd3af3e83d2d97",
+    ("tool-calling", "default"): "1a5345df2ae5c8a2",
+    ("tool-calling", "whole-prefill"): "1e7fce151994757e",
+    ("tool-calling", "prefix-cache"): "1a5345df2ae5c8a2",
+    ("tool-calling", "small-batch"): "4f1ed92ae574ccf8",
+}
+
+
+@pytest.mark.parametrize("workload_name", WORKLOADS)
+def test_vllm_policy_gives_the_recorded_results(workload_name: str) -> None:
+    for variant in VARIANTS:
+        assert _digest(workload_name, variant) == EXPECTED[workload_name, variant], variant
+
+
+if __name__ == "__main__":  # prints the table above, for the commit the docstring names
+    for name in WORKLOADS:
+        for variant in VARIANTS:
+            print(f"    ({name!r}, {variant!r}): {_digest(name, variant)!r},")
