@@ -2,7 +2,8 @@
 
 Part ``trial``: for each workload, one 1000-request trial of the default configuration on one
 core (best of ``--repeats``): the whole ``SimBackend.evaluate`` (memory plan, engine, metrics),
-and the engine alone with its pure-decode jumps on and off, side by side (same result).
+and the engine alone with its pure-decode jumps on and off, side by side (same result); and the
+whole trial under the ``slos-serve`` scheduler (target: 0.5 s).
 
 Part ``study``: the paper's paired comparison, 5 seeds x (random, tba-tpe) x 15 trials, run as a
 user runs it (``python -m sloguard.tune -m ...``: Hydra multirun, one MLflow run per study and a
@@ -51,7 +52,7 @@ def _best(repeats: int, fn, *args, **kwargs) -> float:
 def trial_part(repeats: int) -> None:
     print("one 1000-request trial on one core, default model/hardware/space, best of", repeats)
     print(f"{'workload':14s}{'steps':>8s}{'evaluate s':>12s}{'engine s':>10s}"
-          f"{'step-by-step s':>16s}{'speed-up':>10s}")  # fmt: skip
+          f"{'step-by-step s':>16s}{'speed-up':>10s}{'slos-serve s':>14s}")  # fmt: skip
     for name in WORKLOADS:
         cfg = compose_config([f"workload={name}", "workload.num_requests=1000"])
         space = SearchSpace.from_config(cfg.space)
@@ -72,8 +73,12 @@ def trial_part(repeats: int) -> None:
         engine = (workload, settings, step, jitter, cfg.backend.timeout_s)
         fast = _best(repeats, run_engine, *engine, fast_decode=True)
         slow = _best(repeats, run_engine, *engine, fast_decode=False)
+        slos = SimBackend(BackendSettings.of(compose_config(
+            [f"workload={name}", "workload.num_requests=1000", "backend.scheduler=slos-serve"]
+        )))  # fmt: skip
+        planned = _best(repeats, slos.evaluate, knobs, workload, slo, seed=0)
         print(f"{name:14s}{int(result.server['num_steps']):8d}{whole:12.4f}{fast:10.4f}"
-              f"{slow:16.4f}{slow / fast:9.1f}x")  # fmt: skip
+              f"{slow:16.4f}{slow / fast:9.1f}x{planned:14.4f}")  # fmt: skip
 
 
 def study_part() -> None:

@@ -166,7 +166,7 @@ class SlosServeScheduler:
         cands = [r for r in arrivals if reqs.footprint(r) <= engine.total_blocks]
         if not cands:
             return set()
-        tiers = [self._tpot(engine, r) for r in self.admitted]
+        tiers = self._tpots(engine, self.admitted)
         late = self.late_prompts(engine)
         seats = engine.settings.max_num_seqs - len(self.admitted)
         room = engine.total_blocks - self.reserved
@@ -189,7 +189,7 @@ class SlosServeScheduler:
 
     def late_prompts(self, engine: Engine) -> set[int]:
         """Admitted prompts the plan cannot complete by their TTFT deadlines (lost already)."""
-        tiers = [self._tpot(engine, r) for r in self.admitted]
+        tiers = self._tpots(engine, self.admitted)
         limit, spec = self._limit(engine, tiers, len(self.admitted))
         jobs = self._prompts(engine)
         by = self._tokens_by(engine, limit, len(self.admitted), spec, [r for _, r in jobs])
@@ -305,7 +305,7 @@ class SlosServeScheduler:
         decoding = [r for r in engine.running if computed[r] == prompt[r] + generated[r] - 1]
         decoding_set = set(decoding)
         ours = [r for r in decoding if r in admitted]
-        tiers = [self._tpot(engine, r) for r in admitted]
+        tiers = self._tpots(engine, admitted)
         limit, spec_max = self._limit(engine, tiers, len(ours))
         if unlimited:
             limit = math.inf
@@ -313,8 +313,7 @@ class SlosServeScheduler:
         self.unclaimed = self.reserved - sum(reqs.blocks[r] for r in admitted)
         self.planned = 0  # tokens in the plan so far
         tier_spec: dict[float, int] = {}
-        for rid in ours:
-            tpot = self._tpot(engine, rid)
+        for rid, tpot in zip(ours, self._tpots(engine, ours), strict=True):
             if tpot not in tier_spec:
                 tier_spec[tpot] = self._spec_for(tpot, limit, spec_max)
             self._decode(engine, plan, rid, tier_spec[tpot])
@@ -348,7 +347,9 @@ class SlosServeScheduler:
         step = (self.planned, plan.num_sampled, plan.attn_pairs, plan.decode_context + seq)
         if limit < math.inf and self.predictor.extra(limit - plan.draft_s, step, seq) < 1 + spec:
             return  # a best-effort decode waits for a step with time to spare
-        if not self._blocks(engine, rid, reqs.computed[rid] + 1 + spec, rid in self.admitted):
+        upto = reqs.computed[rid] + 1 + spec
+        grows = -(-upto // BLOCK_SIZE) > reqs.blocks[rid]
+        if grows and not self._blocks(engine, rid, upto, rid in self.admitted):
             return
         plan.ids.append(rid)
         plan.tokens.append(1 + spec)
@@ -443,6 +444,17 @@ class SlosServeScheduler:
         reqs = engine.reqs
         assert reqs.deadlines is not None
         return reqs.send[rid] + reqs.deadlines.ttft_s[rid]
+
+    @staticmethod
+    def _tpots(engine: Engine, rids: Iterable[int]) -> list[float]:
+        """The TPOT limit of each of ``rids``' next token."""
+        reqs = engine.reqs
+        dl = reqs.deadlines
+        assert dl is not None
+        generated, answer_from = reqs.generated, dl.answer_from
+        return [
+            dl.tpot_s[r] if generated[r] < answer_from[r] else dl.answer_tpot_s[r] for r in rids
+        ]
 
     def _tpot(self, engine: Engine, rid: int) -> float:
         """The TPOT limit of ``rid``'s next token."""
