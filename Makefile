@@ -5,7 +5,7 @@ BIN := $(abspath $(VENV))/bin
 VLLM_VENV ?= .venv-vllm
 VLLM_BIN := $(abspath $(VLLM_VENV))/bin
 
-.PHONY: setup study test lint ui reproduce vllm-cpu tiny-model
+.PHONY: setup study test test-fast lint ui reproduce vllm-cpu tiny-model
 
 setup:  ## create .venv with the project, MLflow, Optuna, Hydra, PyTorch (CPU) and dev tools
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ study:  ## one 15-trial TPE study on the embedded simulator, tracked in MLflow
 
 test:  ## the whole test suite (14-19 minutes on 2 cores, real vLLM and PostgreSQL tests included)
 	$(BIN)/python -m pytest -q
+
+test-fast:  ## the edit-test loop: no real vLLM or PostgreSQL server, no end-to-end subprocess runs
+	$(BIN)/python -m pytest -q -m "not slow and not vllm and not postgres"
 
 lint:  ## ruff (style, format) and mypy (types) over the package
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy

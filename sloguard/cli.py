@@ -32,6 +32,51 @@ Overrides are Hydra's: group=option (model, hardware, slo, workload, optimizer, 
 space) or key=value (seed, budget, resume, slo.ttft_ms, space.max_num_seqs.high, ...)."""
 
 
+_OVERRIDES = """overrides (Hydra's):
+  group=option       model, hardware, slo, workload, optimizer, backend, space
+                     (e.g. model=llama-3.1-8b workload=mixed backend=vllm-cpu)
+  key=value          any value, e.g. seed=7 budget=30 slo.ttft_ms=300
+                     space.max_num_seqs.high=256 backend.scheduler=slos-serve
+  --cfg job          print the composed configuration instead of running
+the groups' options are the files in conf/<group>/; README: "Configuration groups"."""
+
+_SUBCOMMAND_HELP: dict[str, str] = {
+    "tune": f"""usage: sloguard tune [-m] [--cfg job] [overrides ...]
+
+Run a tuning study: an optimizer proposes configurations, each is served (the simulator by
+default) and measured, and the study is tracked in MLflow (one run, a nested run per trial).
+-m sweeps comma-separated values (Hydra multirun), e.g. -m seed=1,2,3 optimizer=random,tpe.
+
+{_OVERRIDES}
+
+examples:
+  sloguard tune optimizer=tba-tpe seed=42 budget=30
+  sloguard tune workload=mixed objective=capacity optimizer=tpe
+  sloguard tune -m seed=42,142 optimizer=random,tpe comparison=mine""",
+    "evaluate": f"""usage: sloguard evaluate [--cfg job] [overrides ...]
+
+Serve one fixed configuration (knobs.<name>=value; unset knobs take the space's defaults) and
+print its result as JSON: metrics, crash (if any) and the server's figures. Nothing is logged.
+
+{_OVERRIDES}
+  knobs.<knob>=value a knob's value: quantization, max_num_seqs, max_num_batched_tokens,
+                     gpu_memory_utilization, max_model_len, enforce_eager,
+                     enable_chunked_prefill, enable_prefix_caching
+
+examples:
+  sloguard evaluate knobs.max_num_seqs=32 knobs.enforce_eager=true
+  sloguard evaluate workload=mixed objective=capacity backend.scheduler=slos-serve""",
+}
+
+
+def _subcommand_help(command: str, rest: Sequence[str]) -> bool:
+    """Print ``command``'s own help for -h/--help; whether it did."""
+    if command in _SUBCOMMAND_HELP and ("-h" in rest or "--help" in rest):
+        print(_SUBCOMMAND_HELP[command])
+        return True
+    return False
+
+
 def evaluate(overrides: Sequence[str]) -> dict[str, Any]:
     """Evaluate one fixed configuration (``knobs.*``; the rest from the space's defaults)."""
     from sloguard.backends import BackendSettings, backend_class
@@ -50,6 +95,7 @@ def evaluate(overrides: Sequence[str]) -> dict[str, Any]:
     record = step.evaluate(fixed, 0)
     return {
         "model": cfg.model.name,
+        "model_source": cfg.model.source,
         "hardware": cfg.hardware.name,
         "backend": cfg.backend.name,
         "workload": cfg.workload.name,
@@ -67,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt as e:
         print(f"sloguard: {signals.signal_name(e)}: stopped", file=sys.stderr)
         sys.exit(signals.exit_status(e))
+    except BrokenPipeError:  # the reader went away (`sloguard ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
 
 
 def _main(argv: Sequence[str] | None) -> None:
@@ -129,17 +178,37 @@ def _main(argv: Sequence[str] | None) -> None:
 
         calibrate_main(rest)
         return
+    if _subcommand_help(args.command, rest):
+        return
     if args.command == "tune":
         from sloguard.tune import main as tune_main
 
         tune_main(rest)
         return
     try:
+        if _print_config(rest):
+            return
         payload = evaluate(rest)
     except ConfigError as e:
         print(f"sloguard: error: {e}", file=sys.stderr)
         sys.exit(2)
     print(json.dumps(_finite(payload), indent=2))
+
+
+def _print_config(rest: Sequence[str]) -> bool:
+    """``--cfg job``: print the composed configuration; whether it was asked for."""
+    flags = [i for i, a in enumerate(rest) if a == "--cfg"]
+    if not flags:
+        return False
+    at = flags[0]
+    if rest[at + 1 : at + 2] != ["job"]:
+        raise ConfigError("--cfg takes 'job' (the composed configuration)")
+    from omegaconf import OmegaConf
+
+    from sloguard.tune import compose_config
+
+    print(OmegaConf.to_yaml(compose_config([*rest[:at], *rest[at + 2 :]])), end="")
+    return True
 
 
 def _add_sync_arguments(parser: argparse.ArgumentParser) -> None:

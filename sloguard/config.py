@@ -43,6 +43,9 @@ class ModelConfig:
     vocab_size: int = num(MISSING, ge=1, le=100_000_000)
     max_position_embeddings: int = num(MISSING, ge=1, le=100_000_000)
     dtype_bytes: int = num(2, ge=1, le=8)
+    # mixture of experts: parameters one token runs through (None: all, a dense model)
+    active_params_b: float | None = num(None, gt=0, le=10000)
+    source: str = ""  # where the numbers came from: a config.json, or the preset (set on load)
 
 
 @dataclass

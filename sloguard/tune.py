@@ -30,7 +30,9 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 from sloguard import signals
 from sloguard.backends import BackendSettings, backend_class
 from sloguard.config import register_configs, validate
+from sloguard.deploy import serve_command, simulated_only
 from sloguard.exceptions import ConfigError, DiskFull
+from sloguard.model_card import resolve_model
 from sloguard.study import StorageSpec, StudyIncomplete, StudyStopped, run_study
 from sloguard.tracking import check_tracking_uri
 
@@ -77,6 +79,7 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
         raise ConfigError(_missing_option(e)) from None
     except Exception as e:  # noqa: BLE001 - Hydra and OmegaConf raise many types
         raise ConfigError(_unknown_key(e) or _one_line(e)) from None
+    resolve_model(cfg, overrides)
     validate(cfg)
     return cfg
 
@@ -136,7 +139,9 @@ def check_overrides(argv: Sequence[str]) -> None:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _job(cfg: DictConfig) -> float | None:
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    resolve_model(cfg, list(hydra_cfg.overrides.task))  # checked by check_overrides already
     try:
         outcome = run_study(cfg, env_run_id=_env_run_id, nest_under_env_run=multirun)
     except ConfigError as e:
@@ -169,6 +174,11 @@ def _job(cfg: DictConfig) -> float | None:
         f"ITL p99 {m['itl_p99_ms']:.1f} ms; MLflow run {outcome.run_id}"
     )
     print("  " + " ".join(f"{k}={v}" for k, v in best.result.config.items()))
+    print("  " + serve_command(str(cfg.model.path), best.result.config))
+    only = simulated_only(best.result.config)
+    if only:
+        chosen = ", ".join(f"{k}={v}" for k, v in only.items())
+        print(f"  (the simulator's {chosen}: no vLLM flag sets these)")
     return best.result.utility
 
 
@@ -212,11 +222,18 @@ def _resume_hint(cfg: DictConfig, study: str | None) -> str:
     return "run the same command again" if cfg.study_name else f"add study_name={study}"
 
 
+_GROUPS = ("model", "hardware", "slo", "workload", "optimizer", "backend", "space")
+
+
 def _missing_option(e: MissingConfigException) -> str:
     missing = e.missing_cfg_file or ""
-    if "/" in missing and e.options:
-        group, value = missing.rsplit("/", 1)
-        return f"{group}={value!r} is not known; choose one of: {', '.join(sorted(e.options))}"
+    group, _, value = missing.partition("/")
+    if value and group in _GROUPS:
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        line = f"{group}={value!r} is not known; choose one of: {', '.join(options)}"
+        if group == "model":
+            line += "; or any model by its config.json: model.path=DIR (or a cached hub id)"
+        return line
     return _one_line(e)
 
 

@@ -123,3 +123,14 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+_REAL_SERVERS = {"vllm_python": "vllm", "postgres_server": "postgres", "postgres_url": "postgres"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by the real servers their fixtures start (``make test-fast`` leaves them out)."""
+    for item in items:
+        for fixture in getattr(item, "fixturenames", ()):
+            if fixture in _REAL_SERVERS:
+                item.add_marker(_REAL_SERVERS[fixture])

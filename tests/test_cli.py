@@ -80,8 +80,9 @@ def test_serving_choices_are_checked_in_one_line(study_env, tmp_path: Path) -> N
 
 
 def test_a_real_server_refuses_the_sims_serving_choices(study_env, tmp_path: Path) -> None:
-    for override in ("backend.scheduler=slos-serve", "backend.replicas=2",
-                     "backend.spec_decode.enabled=true", "space.scheduler=[vllm,slos-serve]"):  # fmt: skip
+    overrides = ["backend.scheduler=slos-serve", "backend.replicas=2"]
+    overrides += ["backend.spec_decode.enabled=true", "space.scheduler=[vllm,slos-serve]"]
+    for override in overrides:
         proc = run_cli(
             ["-m", "sloguard.cli", "evaluate", "backend=vllm-cpu", override],
             cwd=tmp_path,
@@ -102,3 +103,15 @@ def test_evaluate_prints_the_capacity_under_either_scheduler(study_env, tmp_path
         assert proc.returncode == 0, proc.stderr
         capacity[scheduler] = json.loads(proc.stdout)["metrics"]["capacity_rps"]
     assert capacity["slos-serve"] > capacity["vllm"] > 0
+
+
+def test_every_subcommand_answers_help(study_env, tmp_path: Path) -> None:
+    for command in ("tune", "evaluate", "sync", "report", "calibrate", "classify-crash"):
+        proc = run_cli(["-m", "sloguard.cli", command, "--help"], cwd=tmp_path, env=study_env)
+        assert proc.returncode == 0, (command, proc.stderr)
+        assert proc.stdout.startswith(f"usage: sloguard {command}"), command
+        assert len(proc.stdout.splitlines()) < 60  # its own text, not Hydra's config dump
+    shown = run_cli(["-m", "sloguard.cli", "evaluate", "--cfg", "job", "workload=mixed"],
+                    cwd=tmp_path, env=study_env)  # fmt: skip
+    assert shown.returncode == 0 and "name: mixed" in shown.stdout
+    assert list(tmp_path.iterdir()) == []

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -26,6 +27,7 @@ from tqdm import tqdm
 from sloguard import signals
 from sloguard.backends import BACKENDS
 from sloguard.config import to_container
+from sloguard.deploy import SERVE_CONFIG, serve_command, serve_config
 from sloguard.evaluation import TrialStep, slo_from_config
 from sloguard.exceptions import NO_SPACE_ERRNOS, ConfigError, DiskFull, Interrupted
 from sloguard.gpu_profile import visible_gpus
@@ -34,7 +36,13 @@ from sloguard.space import SearchSpace
 from sloguard.study import _liveness
 from sloguard.study._mirror import MirrorReport, reconcile
 from sloguard.study._proposer import Proposer
-from sloguard.study._study import STOPPED_ATTR, StudyHandle, attach_study, open_study
+from sloguard.study._study import (
+    CONFIG_ATTR,
+    STOPPED_ATTR,
+    StudyHandle,
+    attach_study,
+    open_study,
+)
 from sloguard.study._summary import best_trial, export_trials, study_records, summarize_study
 from sloguard.study._trials import Slots, finished_at, finished_trials, reap_dead_trials
 from sloguard.study._worker import StudyStopped, Worker, WorkerSettings
@@ -197,15 +205,27 @@ def finish_study(handle: StudyHandle) -> MirrorReport:
         export = export_trials(trials, handle.directory / EXPORT_NAME)
         records = study_records(trials)
         done = finished_trials(trials)
+        summary = summarize_study(records)
         handle.tracker.finish(
-            summarize_study(records),
-            [export],
+            summary,
+            [export, *_deploy_files(handle, summary.get("best_config"))],
             step=max(r.number for r in records),
             timestamp_ms=int(max(finished_at(t) for t in done) * 1000),
         )
     elif slots.running == 0:
         handle.tracker.set_status("FAILED" if handle.stopped() else "KILLED")
     return report
+
+
+def _deploy_files(handle: StudyHandle, best: dict[str, Any] | None) -> list[Path]:
+    """The best configuration as ``vllm serve`` reads it, beside the study's export."""
+    if not best:
+        return []
+    path = handle.directory / SERVE_CONFIG
+    path.write_text(serve_config(best))
+    model = handle.study.user_attrs.get(CONFIG_ATTR, {}).get("model", {}).get("path", "MODEL")
+    handle.tracker.set_tags({"best.vllm_serve": serve_command(str(model), best)})
+    return [path]
 
 
 def _outcome(handle: StudyHandle, skipped: bool = False) -> StudyOutcome:

@@ -36,7 +36,8 @@ class StepTimeModel:
 
     def __init__(self, model: ModelConfig, hw: HardwareConfig, knobs: dict[str, Any]) -> None:
         quant = knobs["quantization"]
-        body_params = max(model.num_params_b * 1e9 - embedding_params(model), 0.0)
+        computed = model.active_params_b or model.num_params_b  # a token's experts only
+        body_params = max(computed * 1e9 - embedding_params(model), 0.0)
         self.flops_per_token = 2.0 * body_params
         self.flops_per_sample = 2.0 * model.vocab_size * model.hidden_size
         self.attn_flops_per_pair = (

@@ -26,6 +26,7 @@ from sloguard import signals
 from sloguard.backends._base import BackendSettings, BaseBackend
 from sloguard.backends.vllm._server import ServerProcess, free_port, oom_kills, terminate_raises
 from sloguard.crash_classifier import CrashCategory, CrashInfo, classify
+from sloguard.deploy import knob_flags
 from sloguard.early_abort import hopeless
 from sloguard.exceptions import ConfigError
 from sloguard.load_generator import ABORT_ERROR, HUNG_ERROR, LoadResult, LoadSettings, generate
@@ -44,28 +45,7 @@ if TYPE_CHECKING:
     from sloguard.result import RequestRecord, TrialResult
     from sloguard.slo_contract import SloContract
 
-_BOOL_FLAGS = ("enforce_eager", "enable_chunked_prefill", "enable_prefix_caching")
 _WARMUP_PROMPTS, _WARMUP_TOKENS = (16, 256), 4
-
-
-def knob_flags(knobs: dict[str, Any]) -> list[str]:
-    """vLLM engine-argument flags for a complete knob configuration."""
-    flags = [
-        "--max-num-seqs",
-        str(knobs["max_num_seqs"]),
-        "--max-num-batched-tokens",
-        str(knobs["max_num_batched_tokens"]),
-        "--gpu-memory-utilization",
-        f"{knobs['gpu_memory_utilization']:.4g}",
-        "--max-model-len",
-        str(knobs["max_model_len"]),
-    ]
-    for name in _BOOL_FLAGS:
-        flag = name.replace("_", "-")
-        flags.append(f"--{flag}" if knobs[name] else f"--no-{flag}")
-    if knobs["quantization"] != "fp16":  # fp16: the checkpoint's own weights, no quantization
-        flags += ["--quantization", knobs["quantization"]]
-    return flags
 
 
 def launch_argv(

@@ -407,3 +407,33 @@ def test_capacity_search_on_a_config_vllm_rejects_is_a_config_crash(
     assert out["crash"]["category"] == "config" and out["crash"]["phase"] == "startup"
     assert out["metrics"] == {"capacity_rps": 0.0, "capacity_probes": 0.0}
     assert out["utility"] is None and not out["feasible"]
+
+
+def test_vllm_reads_the_best_config_file_as_the_flags(vllm_python, tmp_path) -> None:
+    """vLLM's own argument parser gives the same engine arguments from both forms."""
+    import json
+    import subprocess
+
+    from sloguard.deploy import knob_flags, serve_config
+
+    knobs = {**KNOBS, "gpu_memory_utilization": 0.8655369, "enable_chunked_prefill": False}
+    (tmp_path / "best.yaml").write_text(serve_config(knobs))
+    script = (
+        "import json, sys\n"
+        "from vllm.utils.argparse_utils import FlexibleArgumentParser\n"
+        "from vllm.entrypoints.launchers.cli_args import make_arg_parser\n"
+        "def parse(args):\n"
+        "    ns = make_arg_parser(FlexibleArgumentParser()).parse_args(args)\n"
+        "    return {k: getattr(ns, k) for k in json.loads(sys.argv[3])}\n"
+        "print(json.dumps([parse(json.loads(sys.argv[1])), parse(['--config', sys.argv[2]])]))\n"
+    )
+    proc = subprocess.run(
+        [str(vllm_python), "-c", script, json.dumps(knob_flags(knobs)),
+         str(tmp_path / "best.yaml"), json.dumps(list(knobs))],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from_flags, from_file = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert from_flags == from_file
+    assert from_file["gpu_memory_utilization"] == 0.8655 and from_file["max_num_seqs"] == 8
+    assert from_file["enable_chunked_prefill"] is False

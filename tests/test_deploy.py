@@ -1,0 +1,71 @@
+"""The best configuration as a user deploys it."""
+
+from __future__ import annotations
+
+from sloguard.deploy import serve_command, serve_config, simulated_only
+
+KNOBS = {
+    "quantization": "fp16",
+    "max_num_seqs": 70,
+    "max_num_batched_tokens": 3101,
+    "gpu_memory_utilization": 0.8655369118753191,
+    "max_model_len": 4096,
+    "enforce_eager": False,
+    "enable_chunked_prefill": False,
+    "enable_prefix_caching": True,
+}
+
+
+def test_a_serve_line_a_user_can_paste() -> None:
+    line = serve_command("meta-llama/Llama-3.1-8B", {**KNOBS, "quantization": "awq"})
+    assert line == (
+        "vllm serve meta-llama/Llama-3.1-8B --max-num-seqs 70 --max-num-batched-tokens 3101 "
+        "--gpu-memory-utilization 0.8655 --max-model-len 4096 --no-enforce-eager "
+        "--no-enable-chunked-prefill --enable-prefix-caching --quantization awq"
+    )
+    assert serve_command("/models/my model", KNOBS).startswith("vllm serve '/models/my model' ")
+
+
+def test_the_config_file_has_vllms_flag_names() -> None:
+    lines = serve_config(KNOBS).splitlines()
+    assert lines[0].startswith("#")
+    assert lines[1:] == [
+        "max-num-seqs: 70",
+        "max-num-batched-tokens: 3101",
+        "gpu-memory-utilization: 0.8655",
+        "max-model-len: 4096",
+        "enforce-eager: false",
+        "enable-chunked-prefill: false",
+        "enable-prefix-caching: true",
+    ]
+
+
+def test_the_simulators_own_choices_are_named_apart() -> None:
+    assert simulated_only(KNOBS) == {}
+    assert simulated_only({**KNOBS, "scheduler": "slos-serve", "replicas": 2}) == {
+        "scheduler": "slos-serve",
+        "replicas": 2,
+    }
+
+
+def test_a_study_ends_with_the_serve_line_and_its_config_file(study_env, tmp_path) -> None:
+    import mlflow
+
+    from tests.conftest import run_cli
+
+    proc = run_cli(
+        ["-m", "sloguard.tune", "budget=4", "seed=5", "workload=smoke", "progress=false"],
+        cwd=tmp_path,
+        env=study_env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    line = next(x.strip() for x in proc.stdout.splitlines() if "vllm serve" in x)
+    assert line.startswith("vllm serve Qwen/Qwen2-1.5B --max-num-seqs ")
+    (saved,) = tmp_path.glob("studies/*/best_config.yaml")
+    assert "max-num-seqs: " in saved.read_text()
+    mlflow.set_tracking_uri(study_env["MLFLOW_TRACKING_URI"])
+    runs = mlflow.search_runs(search_all_experiments=True)
+    study = runs[runs["tags.sloguard.role"] == "study"].iloc[0]
+    assert study["tags.best.vllm_serve"] == line
+    artifacts = mlflow.MlflowClient().list_artifacts(study["run_id"])
+    assert "best_config.yaml" in {a.path for a in artifacts}
