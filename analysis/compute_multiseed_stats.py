@@ -57,28 +57,42 @@ LABELS = {
 }
 
 
-def study_stats(trials: pd.DataFrame, latency: str, threshold: float) -> dict[str, float]:
-    """Statistics of one study's trials (sorted by trial number)."""
+MIN_STUDIES = 3  # fewer studies in a group: no test (a p-value from 2 seeds says nothing)
+
+
+def study_stats(
+    trials: pd.DataFrame,
+    latency: str,
+    threshold: float,
+    worst_latency: float = math.nan,
+    capacity: bool = False,
+) -> dict[str, float]:
+    """Statistics of one study's trials (sorted by trial number).
+
+    A study that found nothing feasible counts with what it delivered: zero goodput and
+    capacity (in a comparison of ``capacity`` studies), the comparison's ``worst_latency``, no
+    fast trials and zero consistency; it is never left out of the means and tests (that would
+    flatter the optimizer failing more).
+    """
     trials = trials.sort_values("trial")
     feasible = trials[trials["feasible"]]
     fast = (trials["feasible"] & (trials[latency] <= threshold)).to_numpy()
     hits = np.flatnonzero(fast)
     after = fast[hits[0] + 1 :] if hits.size else np.empty(0, dtype=bool)
+    found = len(feasible) > 0
     return {
         "trials": float(len(trials)),
-        "best_latency_ms": float(feasible[latency].min()) if len(feasible) else math.nan,
-        "best_goodput_tok_s": float(feasible["goodput_tok_s"].max())
-        if len(feasible)
-        else math.nan,
-        "best_capacity_rps": float(feasible["capacity_rps"].max())
-        if len(feasible) and "capacity_rps" in feasible
+        "best_latency_ms": float(feasible[latency].min()) if found else worst_latency,
+        "best_goodput_tok_s": float(feasible["goodput_tok_s"].max()) if found else 0.0,
+        "best_capacity_rps": (float(feasible["capacity_rps"].max()) if found else 0.0)
+        if capacity
         else math.nan,
         "feasible_trials": float(len(feasible)),
         "crashes": float(trials["crashed"].sum()),
         "crash_waste_pct": 100.0 * float(trials["crashed"].mean()) if len(trials) else 0.0,
         "fast_trials": float(fast.sum()),
         "first_hit": float(hits[0]) if hits.size else math.nan,
-        "consistency": float(after.mean()) if after.size else math.nan,
+        "consistency": float(after.mean()) if after.size else (math.nan if hits.size else 0.0),
     }
 
 
@@ -89,6 +103,10 @@ def compare(per_study: pd.DataFrame, baseline: str, candidate: str) -> dict[str,
         a = per_study.loc[per_study["optimizer"] == candidate, stat].dropna().to_numpy()
         b = per_study.loc[per_study["optimizer"] == baseline, stat].dropna().to_numpy()
         if len(a) == 0 or len(b) == 0:
+            continue
+        if min(len(a), len(b)) < MIN_STUDIES:
+            tests[stat] = {"skipped": f"fewer than {MIN_STUDIES} studies in a group",
+                           "n_candidate": len(a), "n_baseline": len(b)}  # fmt: skip
             continue
         two = mannwhitneyu(a, b, alternative="two-sided")
         one = mannwhitneyu(a, b, alternative=direction)
@@ -114,6 +132,8 @@ def summarize(
     feasible = trials[trials["feasible"]]
     best = float(feasible[latency].min()) if len(feasible) else math.nan
     threshold = (1.0 + delta) * best
+    worst = float(trials[latency].max()) if trials[latency].notna().any() else math.nan
+    capacity = "capacity_rps" in trials and bool(trials["capacity_rps"].notna().any())
     rows = []
     for (optimizer, seed, name), group in trials.groupby(["optimizer", "seed", "study_name"]):
         rows.append(
@@ -121,7 +141,7 @@ def summarize(
                 "optimizer": optimizer,
                 "seed": int(seed),
                 "study_name": name,
-                **study_stats(group, latency, threshold),
+                **study_stats(group, latency, threshold, worst, capacity),
             }
         )
     per_study = pd.DataFrame(rows)
@@ -163,7 +183,8 @@ def format_table(summary: dict[str, Any], published: bool = False) -> str:
     budget = int(opt[cand]["trials"]["mean"]) if cand in opt else 0
     head = (
         f"| Metric | {base} (n = {opt.get(base, {}).get('trials', {}).get('n', 0)}) | "
-        f"{cand} (n = {opt.get(cand, {}).get('trials', {}).get('n', 0)}) | Mann-Whitney p |"
+        f"{cand} (n = {opt.get(cand, {}).get('trials', {}).get('n', 0)}) | Mann-Whitney p "
+        "(sided) |"
     )
     lines = [
         head + (" Published (random / tba-tpe, p) |" if published else ""),
@@ -172,20 +193,9 @@ def format_table(summary: dict[str, Any], published: bool = False) -> str:
     for stat in BETTER:
         if not any(opt.get(o, {}).get(stat, {}).get("n") for o in (base, cand)):
             continue  # e.g. capacity in a goodput comparison
-        test = summary["tests"].get(stat)
-        # as the seed reports them: one-sided for the consistency claims, two-sided otherwise
-        p = (
-            (
-                test["p_one_sided"]
-                if stat in ("fast_trials", "consistency")
-                else test["p_two_sided"]
-            )
-            if test
-            else math.nan
-        )
         row = (
             f"| {LABELS[stat].format(budget=budget)} | {_pm(opt.get(base), stat)} | "
-            f"{_pm(opt.get(cand), stat)} | {p:.3f} |"
+            f"{_pm(opt.get(cand), stat)} | {_p(summary['tests'].get(stat), stat)} |"
         )
         if published:
             pub = PUBLISHED.get(stat)
@@ -207,6 +217,14 @@ def format_table(summary: dict[str, Any], published: bool = False) -> str:
         f"| Feasibility | {feas[base]} / {total[base]} | {feas[cand]} / {total[cand]} "
         "| — |" + (" 75 / 75 each |" if published else "")
     )
+    if any("skipped" in t for t in summary["tests"].values()):
+        lines.append(
+            f"\nNo Mann-Whitney test: fewer than {MIN_STUDIES} studies (seeds) in a group."
+        )
+    lines.append(
+        "Studies with nothing feasible count as zero goodput and capacity and the worst "
+        "latency seen; none is left out."
+    )
     ratio = summary["sd_ratio_best_latency"]
     lines.append(
         f"\nCross-seed sd of best latency, {base} / {cand}: "
@@ -219,6 +237,17 @@ def format_table(summary: dict[str, Any], published: bool = False) -> str:
         f"ms), i.e. <= {summary['fast_threshold_ms']:.1f} ms."
     )
     return "\n".join(lines)
+
+
+def _p(test: dict[str, Any] | None, stat: str) -> str:
+    """The p-value as the seed reports it, labelled: one-sided for the consistency claims."""
+    if not test:
+        return "—"
+    if "skipped" in test:
+        return f"— (n < {MIN_STUDIES})"
+    if stat in ("fast_trials", "consistency"):
+        return f"{test['p_one_sided']:.3f} (1-sided)"
+    return f"{test['p_two_sided']:.3f} (2-sided)"
 
 
 def _pm(stats: dict[str, Any] | None, stat: str) -> str:

@@ -55,12 +55,17 @@ def plot_best_so_far(trials: pd.DataFrame, latency: str, path: Path) -> None:
     ):
         curves = best_so_far(trials, column, better)
         for optimizer, group in curves.groupby("optimizer"):
-            stats = group.groupby("trial")["best"].agg(["median", "min", "max"])
-            line = ax.plot(stats.index + 1, stats["median"], marker=".", label=optimizer)[0]
+            # a seed with nothing feasible yet has delivered nothing: 0 goodput, an unbounded
+            # latency; so the median is over every seed at every trial and never goes back
+            worst = 0.0 if better == "max" else np.inf
+            filled = group.assign(best=group["best"].fillna(worst))
+            stats = filled.groupby("trial")["best"].agg(["median", "min", "max"])
+            stats = stats.replace(np.inf, np.nan)  # not drawn until most seeds have one
+            line = ax.plot(stats.index, stats["median"], marker=".", label=optimizer)[0]
             ax.fill_between(
-                stats.index + 1, stats["min"], stats["max"], alpha=0.2, color=line.get_color()
+                stats.index, stats["min"], stats["max"], alpha=0.2, color=line.get_color()
             )
-        ax.set_xlabel("trial")
+        ax.set_xlabel("trial (numbered from 0, as in MLflow)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend()
@@ -76,8 +81,8 @@ def plot_fast_hits(trials: pd.DataFrame, latency: str, delta: float, path: Path)
     fig, ax = plt.subplots(figsize=(7, 4))
     for optimizer, group in fast.groupby("optimizer"):
         share = group.groupby("trial")["fast"].mean()
-        ax.plot(share.index + 1, share.to_numpy(), marker="o", label=optimizer)
-    ax.set_xlabel("trial")
+        ax.plot(share.index, share.to_numpy(), marker="o", label=optimizer)
+    ax.set_xlabel("trial (numbered from 0, as in MLflow)")
     ax.set_ylabel("share of seeds in the fast cluster")
     ax.set_ylim(-0.05, 1.05)
     ax.set_title(f"Fast cluster: {latency} within {100 * delta:.0f}% of {best:.1f} ms")

@@ -150,6 +150,15 @@ def _main(argv: Sequence[str] | None) -> None:
         "MLflow run get one, half-logged runs are completed, dead workers' trials are queued "
         "again, and finished studies are closed.",
     )
+    best = sub.add_parser(
+        "best",
+        help="print finished studies' best configurations as vllm serve lines",
+        description="Print the best configuration of finished studies, from MLflow: the "
+        "vllm serve command line and where its best_config.yaml artifact is.",
+    )
+    best.add_argument("--study", help="one study by name")
+    best.add_argument("--comparison", help="every study tagged with this comparison")
+    best.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI)")
     report = sub.add_parser("report", help="paired-seed statistics and figures from MLflow")
     # their options import the study and analysis packages: only for the command that needs them
     command = next((a for a in (sys.argv[1:] if argv is None else argv) if a[:1] != "-"), None)
@@ -162,6 +171,11 @@ def _main(argv: Sequence[str] | None) -> None:
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         _report(args)
+        return
+    if args.command == "best":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        _best(args)
         return
     if args.command == "sync":
         if rest:
@@ -209,6 +223,24 @@ def _print_config(rest: Sequence[str]) -> bool:
 
     print(OmegaConf.to_yaml(compose_config([*rest[:at], *rest[at + 2 :]])), end="")
     return True
+
+
+def _best(args: argparse.Namespace) -> None:
+    """The vllm serve line of each finished study asked for, best goodput first."""
+    from sloguard.tracking import best_configurations
+
+    if (args.study is None) == (args.comparison is None):
+        print(
+            "sloguard: error: best needs one of --study NAME or --comparison NAME", file=sys.stderr
+        )
+        sys.exit(2)
+    try:
+        found = best_configurations(args.tracking_uri, args.study, args.comparison)
+    except LookupError as e:
+        print(f"sloguard: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    for study, line, artifact in found:
+        print(f"study {study}:\n  {line}\n  config file: {artifact}")
 
 
 def _add_sync_arguments(parser: argparse.ArgumentParser) -> None:

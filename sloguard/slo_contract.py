@@ -16,6 +16,7 @@ A multi-SLO workload judges each request by its own class's limits instead (see
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -137,3 +138,26 @@ def utility(
     if is_feasible(ttft_pct_ms, itl_pct_ms, failed_fraction, slo):
         return float(goodput_tok_s)
     return -slo_violation(ttft_pct_ms, itl_pct_ms, failed_fraction, slo)
+
+
+def shortfalls(metrics: dict[str, float], slo: SloContract) -> list[tuple[str, float, float]]:
+    """Each SLO a trial's figures missed: (what, measured, limit), the worst miss first.
+
+    With request classes (``class/...`` figures) it is the attainment target; else the TTFT and
+    ITL percentiles and the share of failed requests. Ranked by how far each is off its limit.
+    """
+    if any(key.startswith("class/") for key in metrics):
+        share = metrics["attainment"]
+        return (
+            [("attainment", share, slo.attainment_target)] if share < slo.attainment_target else []
+        )
+    p = f"{slo.percentile:g}"
+    checks = [
+        (f"TTFT p{p} (ms)", metrics.get(f"ttft_p{p}_ms", math.inf), slo.ttft_ms),
+        (f"ITL p{p} (ms)", metrics.get(f"itl_p{p}_ms", math.inf), slo.itl_ms),
+    ]
+    if metrics.get("num_requests"):
+        failed = metrics.get("failed", 0.0) / metrics["num_requests"]
+        checks.append(("failed share", failed, allowed_failure_fraction(slo)))
+    missed = [(what, value, limit) for what, value, limit in checks if value > limit + 1e-12]
+    return sorted(missed, key=lambda m: -(m[1] / m[2] if m[2] else math.inf))

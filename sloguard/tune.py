@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -31,8 +32,11 @@ from sloguard import signals
 from sloguard.backends import BackendSettings, backend_class
 from sloguard.config import register_configs, validate
 from sloguard.deploy import serve_command, simulated_only
+from sloguard.evaluation import slo_from_config
 from sloguard.exceptions import ConfigError, DiskFull
 from sloguard.model_card import resolve_model
+from sloguard.result import TrialRecord
+from sloguard.slo_contract import SloContract, shortfalls
 from sloguard.study import StorageSpec, StudyIncomplete, StudyStopped, run_study
 from sloguard.tracking import check_tracking_uri
 
@@ -166,6 +170,7 @@ def _job(cfg: DictConfig) -> float | None:
             f"study {outcome.study_name}: no feasible configuration in "
             f"{len(outcome.records)} trials"
         )
+        print(closest_line(outcome.records, slo_from_config(cfg)))
         return None
     m = best.result.metrics
     print(
@@ -180,6 +185,32 @@ def _job(cfg: DictConfig) -> float | None:
         chosen = ", ".join(f"{k}={v}" for k, v in only.items())
         print(f"  (the simulator's {chosen}: no vLLM flag sets these)")
     return best.result.utility
+
+
+def closest_line(records: Sequence[TrialRecord], slo: SloContract) -> str:
+    """The trial that came closest to the SLOs, and what it missed by how much."""
+    ran = [r for r in records if r.result.crash is None and r.result.metrics]
+    if not ran:
+        return "  every trial crashed: see crash_category in MLflow (or the trials.jsonl export)"
+
+    def how_far(record: TrialRecord) -> float:
+        missed = shortfalls(record.result.metrics, slo)
+        return max((_off(value, limit) for _, value, limit in missed), default=0.0)
+
+    closest = min(ran, key=how_far)
+    missed = ", ".join(
+        f"{what} {value:.4g} vs {limit:.4g} ({100 * (value - limit) / limit:+.0f}%)"
+        for what, value, limit in shortfalls(closest.result.metrics, slo)
+    )
+    knobs = " ".join(f"{k}={v}" for k, v in closest.result.config.items())
+    return f"  closest: trial #{closest.number}, which missed {missed}\n  {knobs}"
+
+
+def _off(value: float, limit: float) -> float:
+    """How far ``value`` is past ``limit``, as a share of it (attainment: below it)."""
+    if not limit:
+        return math.inf
+    return abs(value - limit) / limit
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -69,3 +69,9 @@ def test_a_study_ends_with_the_serve_line_and_its_config_file(study_env, tmp_pat
     assert study["tags.best.vllm_serve"] == line
     artifacts = mlflow.MlflowClient().list_artifacts(study["run_id"])
     assert "best_config.yaml" in {a.path for a in artifacts}
+    name = study["tags.study_name"]
+    later = run_cli(["-m", "sloguard.cli", "best", "--study", name], cwd=tmp_path, env=study_env)
+    assert later.returncode == 0, later.stderr
+    assert later.stdout.splitlines()[:2] == [f"study {name}:", f"  {line}"]
+    missing = run_cli(["-m", "sloguard.cli", "best", "--study", "x"], cwd=tmp_path, env=study_env)
+    assert missing.returncode == 2 and "no finished study 'x'" in missing.stderr

@@ -46,7 +46,7 @@ from sloguard.study._study import (
 from sloguard.study._summary import best_trial, export_trials, study_records, summarize_study
 from sloguard.study._trials import Slots, finished_at, finished_trials, reap_dead_trials
 from sloguard.study._worker import StudyStopped, Worker, WorkerSettings
-from sloguard.tracking import resolve_tracking_uri
+from sloguard.tracking import SERVE_TAG, resolve_tracking_uri
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -224,7 +224,7 @@ def _deploy_files(handle: StudyHandle, best: dict[str, Any] | None) -> list[Path
     path = handle.directory / SERVE_CONFIG
     path.write_text(serve_config(best))
     model = handle.study.user_attrs.get(CONFIG_ATTR, {}).get("model", {}).get("path", "MODEL")
-    handle.tracker.set_tags({"best.vllm_serve": serve_command(str(model), best)})
+    handle.tracker.set_tags({SERVE_TAG: serve_command(str(model), best)})
     return [path]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sloguard.tracking import names
+from sloguard.tracking._best import SERVE_TAG, best_configurations
 from sloguard.tracking._tracker import (
     DEFAULT_TRACKING_URI,
     ProgressPoint,
@@ -20,9 +21,11 @@ from sloguard.tracking._tracker import (
 
 __all__ = [
     "DEFAULT_TRACKING_URI",
+    "SERVE_TAG",
     "ProgressPoint",
     "StudyTracker",
     "TrialRun",
+    "best_configurations",
     "check_tracking_uri",
     "flatten",
     "is_terminated",

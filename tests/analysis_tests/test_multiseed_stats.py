@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from scipy.stats import mannwhitneyu
@@ -19,8 +20,10 @@ from sloguard.cli import main as cli_main
 STUDIES = {
     ("random", 1): [500.0, None, 470.0, 600.0],
     ("random", 2): [520.0, 480.0, 700.0, 510.0],
+    ("random", 3): [None, None, None, None],  # found nothing feasible: counts, not dropped
     ("tba-tpe", 1): [600.0, 460.0, 465.0, 470.0],
     ("tba-tpe", 2): [530.0, 455.0, None, 462.0],
+    ("tba-tpe", 3): [490.0, 458.0, 459.0, 700.0],
 }
 
 
@@ -72,7 +75,7 @@ def _log(tmp_path: Path, comparison: str = "cmp", capacity: bool = False) -> str
 def test_summary_from_known_values(tmp_path: Path) -> None:
     uri = _log(tmp_path)
     studies, trials = load_comparison("cmp", tracking_uri=uri)
-    assert len(studies) == 4 and len(trials) == 16
+    assert len(studies) == 6 and len(trials) == 24
     s = summarize(trials, "random", "tba-tpe", latency="e2el_p50_ms", delta=0.05)
     assert s["best_latency_ms"] == 455.0
     assert s["fast_threshold_ms"] == pytest.approx(477.75)
@@ -83,21 +86,37 @@ def test_summary_from_known_values(tmp_path: Path) -> None:
     # tba-tpe/1: fast = {1, 2, 3} (460, 465, 470): first hit 1, then 2 of 2 -> 1.0
     assert per[("tba-tpe", 1)]["first_hit"] == 1 and per[("tba-tpe", 1)]["consistency"] == 1.0
     assert per[("tba-tpe", 2)]["best_latency_ms"] == 455.0
-    assert per[("random", 2)]["fast_trials"] == 0 and per[("random", 2)]["consistency"] is None
+    # no fast trial: no consistency to speak of, counted as 0
+    assert per[("random", 2)]["fast_trials"] == 0 and per[("random", 2)]["consistency"] == 0.0
+    # nothing feasible: zero goodput, the worst latency seen (700 ms), in every mean and test
+    nothing = per[("random", 3)]
+    assert nothing["best_goodput_tok_s"] == 0.0 and nothing["best_latency_ms"] == 700.0
+    assert nothing["crash_waste_pct"] == 100.0
     opt = s["optimizers"]
-    assert opt["random"]["fast_trials"]["mean"] == 0.5
-    assert opt["tba-tpe"]["fast_trials"]["mean"] == 2.5
-    assert opt["random"]["best_latency_ms"]["mean"] == pytest.approx((470 + 480) / 2)
-    expected = mannwhitneyu([3, 2], [1, 0], alternative="greater").pvalue
+    assert opt["random"]["fast_trials"]["mean"] == pytest.approx(1 / 3)
+    assert opt["tba-tpe"]["fast_trials"]["mean"] == pytest.approx(7 / 3)
+    assert opt["random"]["best_latency_ms"]["mean"] == pytest.approx((470 + 480 + 700) / 3)
+    assert opt["random"]["best_goodput_tok_s"]["n"] == 3
+    expected = mannwhitneyu([3, 2, 2], [1, 0, 0], alternative="greater").pvalue
     assert s["tests"]["fast_trials"]["p_one_sided"] == pytest.approx(expected)
     assert s["tests"]["best_latency_ms"]["alternative"] == "less"
-    # sd of two values a, b is |a - b| / sqrt(2): (470, 480) against (460, 455)
-    assert s["sd_ratio_best_latency"] == pytest.approx(10 / 5)
+    sd = np.std([470, 480, 700], ddof=1) / np.std([460, 455, 458], ddof=1)
+    assert s["sd_ratio_best_latency"] == pytest.approx(sd)
     table = format_table(s, published=True)
-    assert "| Fast-cluster trials / 4 | 0.50 ± 0.71 | 2.50 ± 0.71 |" in table
-    assert "| Feasibility | 7 / 8 | 7 / 8 |" in table
+    assert "| Fast-cluster trials / 4 | 0.33 ± 0.58 | 2.33 ± 0.58 |" in table
+    assert f"| {expected:.3f} (1-sided) |" in table and "(2-sided) |" in table
+    assert "| Feasibility | 7 / 12 | 11 / 12 |" in table
     assert "7.40 ± 2.51 / 10.20 ± 1.10, p=0.014" in table
     assert "Best capacity" not in table  # a goodput comparison has no capacity row
+
+
+def test_no_test_with_fewer_than_three_studies_in_a_group(tmp_path: Path) -> None:
+    _, trials = load_comparison("cmp", tracking_uri=_log(tmp_path))
+    two = trials[trials["seed"].astype(int) < 3]
+    s = summarize(two, "random", "tba-tpe", latency="e2el_p50_ms", delta=0.05)
+    assert all("skipped" in t and "p_two_sided" not in t for t in s["tests"].values())
+    table = format_table(s)
+    assert "| — (n < 3) |" in table and "No Mann-Whitney test: fewer than 3" in table
 
 
 def test_capacity_studies_compare_their_best_capacity(tmp_path: Path) -> None:
@@ -106,11 +125,15 @@ def test_capacity_studies_compare_their_best_capacity(tmp_path: Path) -> None:
     per = {(r["optimizer"], r["seed"]): r for r in s["studies"]}
     assert per[("tba-tpe", 2)]["best_capacity_rps"] == pytest.approx(1e4 / 455.0)
     assert per[("random", 1)]["best_capacity_rps"] == pytest.approx(1e4 / 470.0)
-    expected = mannwhitneyu(
-        [1e4 / 460, 1e4 / 455], [1e4 / 470, 1e4 / 480], alternative="two-sided"
-    )
+    assert per[("random", 3)]["best_capacity_rps"] == 0.0
+    candidate, baseline = [1e4 / 460, 1e4 / 455, 1e4 / 458], [1e4 / 470, 1e4 / 480, 0.0]
+    expected = mannwhitneyu(candidate, baseline, alternative="two-sided")
     assert s["tests"]["best_capacity_rps"]["p_two_sided"] == pytest.approx(expected.pvalue)
-    assert "| Best capacity (req/s) | 21.05 ± 0.31 | 21.86 ± 0.17 |" in format_table(s)
+    row = (
+        f"| Best capacity (req/s) | {np.mean(baseline):.2f} ± {np.std(baseline, ddof=1):.2f} | "
+        f"{np.mean(candidate):.2f} ± {np.std(candidate, ddof=1):.2f} |"
+    )
+    assert row in format_table(s)
 
 
 def test_report_writes_summary_and_figures(tmp_path: Path, capsys) -> None:
@@ -118,7 +141,7 @@ def test_report_writes_summary_and_figures(tmp_path: Path, capsys) -> None:
     out = tmp_path / "report"
     cli_main(["report", "--comparison", "cmp", "--tracking-uri", uri, "--output", str(out)])
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["candidate"] == "tba-tpe" and len(summary["studies"]) == 4
+    assert summary["candidate"] == "tba-tpe" and len(summary["studies"]) == 6
     for name in ("best_so_far.png", "fast_hits.png", "feasibility_map.png", "knob_scatter.png"):
         png = out / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

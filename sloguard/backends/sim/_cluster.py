@@ -128,6 +128,9 @@ class _Client:
         self.route = route
         self.delay_s = delay_s
         self.delay_per_running_s = delay_per_running_s
+        self.next_at = self.next_time()  # kept up to date by every send and every finish
+        self.direct: Engine | None = None  # the one engine, when there is no router
+        self.delivered: list[int] = []  # requests sent to the one engine
 
     def next_time(self) -> float:
         """When the client next sends something (``inf``: nothing until a round ends)."""
@@ -160,12 +163,17 @@ class _Client:
         if self.route.held:
             for rid, engine in self.route.release():
                 self._deliver(rid, engine, max(send[rid], clock))
+        self.next_at = self.next_time()
 
     def _send(self, rid: int) -> None:
         """The client sends ``rid``: to a replica, or refused."""
         reqs = self.reqs
         need = reqs.prompt[rid] + reqs.target[rid]
         if need <= self.max_model_len:
+            if self.direct is not None:
+                self.delivered.append(rid)
+                self._deliver(rid, self.direct, reqs.send[rid])
+                return
             engine = self.route(rid)
             if engine is not None:  # else it waits at the router
                 self._deliver(rid, engine, reqs.send[rid])
@@ -187,11 +195,13 @@ class _Client:
         A failed round fails the rounds after it.
         """
         self.finished += 1
-        self.route.done(rid)
+        if self.direct is None:
+            self.route.done(rid)
         nxt = self.next_round[rid]
         reqs = self.reqs
         if nxt >= 0 and reqs.errors[rid] is None:
             heapq.heappush(self.later, (when + reqs.due[nxt], nxt))
+            self.next_at = min(self.next_at, self.later[0][0])
             return
         unsent = rounds_after(self.next_round, rid)
         for nxt in unsent:
@@ -199,6 +209,7 @@ class _Client:
         self.finished += len(unsent)
         if self.slots is not None:
             self.slots.append(when)
+            self.next_at = self.next_time()
 
 
 def run_engine(
@@ -247,6 +258,8 @@ def run_engine(
         engines.append(
             Engine(reqs, settings, step_time, jitter, _scheduler(serving), client.finish)
         )
+    if len(engines) == 1:
+        client.direct = engines[0]
     _serve(client, engines, timeout_s, fast_decode)
     return _summary(reqs, client, engines, router)
 
@@ -273,8 +286,8 @@ def _serve(client: _Client, engines: list[Engine], timeout_s: float, fast_decode
         for engine in engines:
             engine.receive(clock)
         # the next arrival: a request due to be sent, or one reaching a replica
-        horizon = min(client.next_time(), min(e.inbox[0][0] if e.inbox else math.inf
-                                                for e in engines))  # fmt: skip
+        horizon = min(client.next_at, min(e.inbox[0][0] if e.inbox else math.inf
+                                            for e in engines))  # fmt: skip
         busy = [e for e in engines if e.busy]
         if not busy:
             if horizon == math.inf:
@@ -296,10 +309,9 @@ def _serve_one(client: _Client, engine: Engine, timeout_s: float, fast_decode: b
     inbox, waiting, scheduler = engine.inbox, engine.waiting, engine.scheduler
     while client.finished < n:
         now = engine.now
-        horizon = client.next_time()
-        if horizon <= now:
+        if client.next_at <= now:
             client.send_until(now)
-            horizon = client.next_time()
+        horizon = client.next_at
         while inbox and inbox[0][0] <= now:
             scheduler.arrive(engine, heapq.heappop(inbox)[1])
         if inbox and inbox[0][0] < horizon:
@@ -337,7 +349,7 @@ def _summary(reqs: Requests, client: _Client, engines: list[Engine], router: Rou
     batch_tokens = sum(e.batch_tokens for e in engines)
     queries = sum(e.prefix_queries for e in engines)
     total_blocks = engines[0].total_blocks
-    placed = router.history or [[] for _ in engines]
+    placed = [client.delivered] if client.direct is not None else router.history
     stats = [_replica_stats(reqs, e, placed[i]) for i, e in enumerate(engines)]
     return EngineRun(
         records=records,

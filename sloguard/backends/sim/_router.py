@@ -50,9 +50,6 @@ class Router:
         if not self.history:
             self.history = [[] for _ in self.engines]
             self.load = [0] * len(self.engines)
-        if len(self.engines) == 1:
-            self.history[0].append(rid)
-            return self.engines[0]
         engine = None if self.held else self._place(rid)
         if engine is None:
             self.held.append(rid)  # in arrival order, behind those waiting already
