@@ -29,7 +29,7 @@ study:  ## one 15-trial TPE study on the embedded simulator, tracked in MLflow
 test:  ## the whole test suite (14-19 minutes on 2 cores, real vLLM and PostgreSQL tests included)
 	$(BIN)/python -m pytest -q
 
-test-fast:  ## the edit-test loop: no real vLLM or PostgreSQL server, no end-to-end subprocess runs
+test-fast:  ## the edit-test loop (about 7 minutes): no real vLLM or PostgreSQL server, no slow end-to-end runs
 	$(BIN)/python -m pytest -q -m "not slow and not vllm and not postgres"
 
 lint:  ## ruff (style, format) and mypy (types) over the package

@@ -45,6 +45,7 @@ def test_study_end_to_end_in_a_real_sqlite_store(compose, study_env) -> None:
     assert {a.path for a in client.list_artifacts(outcome.run_id)} == {
         "config.yaml",
         "trials.jsonl",
+        "best_config.yaml",  # the best configuration as `vllm serve --config` reads it
     }
     # the curves end on the summary: no point jumps back to step 0 after the last trial
     history = client.get_metric_history(outcome.run_id, "best_goodput_tok_s")
