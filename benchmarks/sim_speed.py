@@ -62,10 +62,7 @@ def trial_part(repeats: int) -> None:
         slo = slo_from_config(cfg)
         result = backend.evaluate(knobs, workload, slo, seed=0)
         plan, _ = plan_memory(cfg.model, cfg.hardware, knobs)
-        settings = EngineSettings(
-            knobs["max_num_seqs"], knobs["max_num_batched_tokens"], knobs["max_model_len"],
-            knobs["enable_chunked_prefill"], knobs["enable_prefix_caching"], plan.num_blocks,
-        )  # fmt: skip
+        settings = EngineSettings.of(knobs, plan.num_blocks)
         step = StepTimeModel(cfg.model, cfg.hardware, knobs)
         jitter = make_jitter(np.random.default_rng(0), step_noise(cfg))
 

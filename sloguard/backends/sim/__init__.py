@@ -4,7 +4,6 @@ from sloguard.backends.sim._cluster import (
     EngineRun,
     ReplicaStats,
     ServingSettings,
-    SpecDecodeSettings,
     run_engine,
 )
 from sloguard.backends.sim._engine import Engine, EngineSettings, Scheduler, StepPlan
@@ -29,7 +28,6 @@ __all__ = [
     "ServingSettings",
     "SimBackend",
     "SlosServeScheduler",
-    "SpecDecodeSettings",
     "StepPlan",
     "StepTimeModel",
     "VllmScheduler",

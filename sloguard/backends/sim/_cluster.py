@@ -22,29 +22,12 @@ from sloguard.backends.sim._requests import Deadlines, Requests
 from sloguard.backends.sim._router import ROUTERS, Router
 from sloguard.backends.sim._scheduler import VllmScheduler
 from sloguard.backends.sim._slos_serve import SlosServeScheduler
+from sloguard.config import SpecDecodeConfig
 from sloguard.result import RequestRecord, unsent_round_error
 from sloguard.workload import rounds_after
 
 if TYPE_CHECKING:
     from sloguard.workload import Workload
-
-
-@dataclass(frozen=True)
-class SpecDecodeSettings:
-    """Speculative decoding with a draft model.
-
-    Args:
-        enabled: Whether decodes speculate.
-        max_tokens: Tokens speculated per step (vLLM: always this many; SLOs-Serve: up to this
-            many, chosen per SLO tier).
-        acceptance_rate: Chance that each speculated token is accepted (in (0, 1]).
-        draft_ratio: One draft step's time as a share of the target model's decode step.
-    """
-
-    enabled: bool = False
-    max_tokens: int = 4
-    acceptance_rate: float = 0.7
-    draft_ratio: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -58,7 +41,7 @@ class ServingSettings:
         router: How a request picks its replica (:data:`~sloguard.backends.sim._router.ROUTERS`).
         soft_admission: SLOs-Serve: requests its plan cannot admit wait in a best-effort queue
             (off: every request is admitted, as without burst handling).
-        spec: Speculative decoding.
+        spec: Speculative decoding (the backend config's own section).
         ttft_ms: TTFT limit planned with for requests without a class of their own.
         tpot_ms: TPOT limit planned with for requests without a class of their own.
     """
@@ -67,7 +50,7 @@ class ServingSettings:
     replicas: int = 1
     router: str = "round-robin"
     soft_admission: bool = True
-    spec: SpecDecodeSettings = field(default_factory=SpecDecodeSettings)
+    spec: SpecDecodeConfig = field(default_factory=SpecDecodeConfig)
     ttft_ms: float = 500.0
     tpot_ms: float = 100.0
 
@@ -113,7 +96,6 @@ class _Client:
         self,
         reqs: Requests,
         max_model_len: int,
-        route: Router,
         delay_s: float,
         delay_per_running_s: float,
     ) -> None:
@@ -125,12 +107,13 @@ class _Client:
         self.later: list[tuple[float, int]] = []  # heap of (when it is due, later round)
         self.next_send = self.finished = 0
         self.max_model_len = max_model_len
-        self.route = route
         self.delay_s = delay_s
         self.delay_per_running_s = delay_per_running_s
         self.next_at = self.next_time()  # kept up to date by every send and every finish
-        self.direct: Engine | None = None  # the one engine, when there is no router
+        # where requests go, once the engines exist: the one engine, or a router before several
+        self.direct: Engine | None = None
         self.delivered: list[int] = []  # requests sent to the one engine
+        self.route: Router | None = None
 
     def next_time(self) -> float:
         """When the client next sends something (``inf``: nothing until a round ends)."""
@@ -160,7 +143,7 @@ class _Client:
             send_at, rid = heapq.heappop(later)
             due[rid] = send[rid] = send_at
             self._send(rid)
-        if self.route.held:
+        if self.route is not None and self.route.held:
             for rid, engine in self.route.release():
                 self._deliver(rid, engine, max(send[rid], clock))
         self.next_at = self.next_time()
@@ -174,6 +157,7 @@ class _Client:
                 self.delivered.append(rid)
                 self._deliver(rid, self.direct, reqs.send[rid])
                 return
+            assert self.route is not None
             engine = self.route(rid)
             if engine is not None:  # else it waits at the router
                 self._deliver(rid, engine, reqs.send[rid])
@@ -195,7 +179,7 @@ class _Client:
         A failed round fails the rounds after it.
         """
         self.finished += 1
-        if self.direct is None:
+        if self.route is not None:
             self.route.done(rid)
         nxt = self.next_round[rid]
         reqs = self.reqs
@@ -251,17 +235,17 @@ def run_engine(
         seed,
     )
     engines: list[Engine] = []
-    router = ROUTERS[serving.router](engines, reqs)
-    client = _Client(reqs, settings.max_model_len, router, arrival_delay_s,
-                     arrival_delay_per_running_s)  # fmt: skip
+    client = _Client(reqs, settings.max_model_len, arrival_delay_s, arrival_delay_per_running_s)
     for _ in range(serving.replicas):
         engines.append(
             Engine(reqs, settings, step_time, jitter, _scheduler(serving), client.finish)
         )
     if len(engines) == 1:
         client.direct = engines[0]
+    else:
+        client.route = ROUTERS[serving.router](engines, reqs)
     _serve(client, engines, timeout_s, fast_decode)
-    return _summary(reqs, client, engines, router)
+    return _summary(reqs, client, engines)
 
 
 def _scheduler(serving: ServingSettings) -> Scheduler:
@@ -327,7 +311,7 @@ def _serve_one(client: _Client, engine: Engine, timeout_s: float, fast_decode: b
             engine.step()
 
 
-def _summary(reqs: Requests, client: _Client, engines: list[Engine], router: Router) -> EngineRun:
+def _summary(reqs: Requests, client: _Client, engines: list[Engine]) -> EngineRun:
     records = []
     for rid in range(len(reqs.prompt)):
         error = reqs.errors[rid]
@@ -349,7 +333,7 @@ def _summary(reqs: Requests, client: _Client, engines: list[Engine], router: Rou
     batch_tokens = sum(e.batch_tokens for e in engines)
     queries = sum(e.prefix_queries for e in engines)
     total_blocks = engines[0].total_blocks
-    placed = [client.delivered] if client.direct is not None else router.history
+    placed = client.route.history if client.route is not None else [client.delivered]
     stats = [_replica_stats(reqs, e, placed[i]) for i, e in enumerate(engines)]
     return EngineRun(
         records=records,

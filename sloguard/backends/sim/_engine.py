@@ -19,7 +19,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -43,6 +43,18 @@ class EngineSettings:
     enable_chunked_prefill: bool
     enable_prefix_caching: bool
     num_blocks: int
+
+    @classmethod
+    def of(cls, knobs: dict[str, Any], num_blocks: int) -> EngineSettings:
+        """The scheduler's knobs of a complete configuration, with its KV blocks."""
+        return cls(
+            max_num_seqs=knobs["max_num_seqs"],
+            max_num_batched_tokens=knobs["max_num_batched_tokens"],
+            max_model_len=knobs["max_model_len"],
+            enable_chunked_prefill=knobs["enable_chunked_prefill"],
+            enable_prefix_caching=knobs["enable_prefix_caching"],
+            num_blocks=num_blocks,
+        )
 
 
 @dataclass(slots=True)

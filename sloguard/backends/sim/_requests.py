@@ -45,10 +45,6 @@ class Deadlines:
             classes.answer_from.tolist(),
         )
 
-    def tpot(self, rid: int, generated: int) -> float:
-        """The TPOT limit of ``rid``'s next token, after ``generated`` tokens."""
-        return self.tpot_s[rid] if generated < self.answer_from[rid] else self.answer_tpot_s[rid]
-
 
 @dataclass
 class Requests:

@@ -28,7 +28,7 @@ class Router:
     """Places requests on replicas; see the module docstring.
 
     Args:
-        engines: The replicas (filled in by the caller before the first request).
+        engines: The replicas.
         reqs: The load's requests.
     """
 
@@ -37,19 +37,16 @@ class Router:
     def __init__(self, engines: list[Engine], reqs: Requests) -> None:
         self.engines = engines
         self.reqs = reqs
-        self.load: list[int] = []  # KV blocks placed on each replica and not yet freed
+        self.load = [0] * len(engines)  # KV blocks placed on each replica and not yet freed
         self.home: dict[int, int] = {}  # request -> replica
         self.held: deque[int] = deque()  # requests no replica can hold yet
-        self.history: list[list[int]] = []  # requests placed on each replica
+        self.history: list[list[int]] = [[] for _ in engines]  # requests placed on each
         follows = reqs.workload.follows
         self.follows = follows.tolist() if follows is not None else None
         self.where: dict[int, int] = {}  # request -> the replica it was placed on
 
     def __call__(self, rid: int) -> Engine | None:
         """The replica for ``rid`` (``None``: it waits at the router)."""
-        if not self.history:
-            self.history = [[] for _ in self.engines]
-            self.load = [0] * len(self.engines)
         engine = None if self.held else self._place(rid)
         if engine is None:
             self.held.append(rid)  # in arrival order, behind those waiting already

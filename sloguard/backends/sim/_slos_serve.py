@@ -458,9 +458,7 @@ class SlosServeScheduler:
 
     def _tpot(self, engine: Engine, rid: int) -> float:
         """The TPOT limit of ``rid``'s next token."""
-        reqs = engine.reqs
-        assert reqs.deadlines is not None
-        return reqs.deadlines.tpot(rid, reqs.generated[rid])
+        return self._tpots(engine, (rid,))[0]
 
     def _limit(self, engine: Engine, tiers: list[float], decodes: int) -> tuple[float, int]:
         """The step-time limit the tightest tier sets, and its speculation length.

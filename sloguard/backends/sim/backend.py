@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,7 +13,6 @@ from sloguard.backends._base import BackendSettings, BaseBackend, serve_in_turn
 from sloguard.backends.sim._cluster import (
     EngineRun,
     ServingSettings,
-    SpecDecodeSettings,
     run_engine,
 )
 from sloguard.backends.sim._engine import EngineSettings, make_jitter
@@ -83,12 +83,7 @@ class SimBackend(BaseBackend):
             replicas=int(config.get("replicas", backend.replicas)),
             router=config.get("router", backend.router),
             soft_admission=backend.soft_admission,
-            spec=SpecDecodeSettings(
-                enabled=bool(config.get("spec_decode", spec.enabled)),
-                max_tokens=spec.max_tokens,
-                acceptance_rate=spec.acceptance_rate,
-                draft_ratio=spec.draft_ratio,
-            ),
+            spec=dataclasses.replace(spec, enabled=bool(config.get("spec_decode", spec.enabled))),
             ttft_ms=slo.ttft_ms,
             tpot_ms=slo.itl_ms,
         )
@@ -116,17 +111,9 @@ class SimBackend(BaseBackend):
         if crash is not None:
             return build_result(config, slo, crash=crash, server=server)
         rng = np.random.default_rng(seed)
-        settings = EngineSettings(
-            max_num_seqs=config["max_num_seqs"],
-            max_num_batched_tokens=config["max_num_batched_tokens"],
-            max_model_len=config["max_model_len"],
-            enable_chunked_prefill=config["enable_chunked_prefill"],
-            enable_prefix_caching=config["enable_prefix_caching"],
-            num_blocks=plan.num_blocks,
-        )
         run = run_engine(
             workload,
-            settings,
+            EngineSettings.of(config, plan.num_blocks),
             StepTimeModel(model, hw, config),
             make_jitter(rng, step_noise(self.settings)),
             backend.timeout_s,

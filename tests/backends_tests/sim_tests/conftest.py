@@ -20,41 +20,39 @@ from sloguard.workload import Workload, build_workload
 Serve = Callable[..., tuple[EngineRun, Workload]]
 
 
+def serve_composed(
+    overrides: list[str],
+    serving: ServingSettings | None = None,
+    noise: float | None = None,
+    num_blocks: int | None = None,
+    knobs: dict[str, object] | None = None,
+    jitter_seed: int = 0,
+) -> tuple[EngineRun, Workload]:
+    """A composed workload served under the space's default knobs (updated by ``knobs``)."""
+    cfg = compose_config(overrides)
+    config = {**SearchSpace.from_config(cfg.space).complete({}), **(knobs or {})}
+    workload = build_workload(
+        cfg.workload, lambda p: zero_load_ttft_ms(cfg.model, cfg.hardware, p)
+    )
+    plan, _ = plan_memory(cfg.model, cfg.hardware, config)
+    assert plan is not None
+    sigma = step_noise(cfg) if noise is None else noise
+    return run(
+        workload,
+        EngineSettings.of(config, num_blocks or plan.num_blocks),
+        StepTimeModel(cfg.model, cfg.hardware, config),
+        make_jitter(np.random.default_rng(jitter_seed), sigma),
+        cfg.backend.timeout_s,
+        arrival_delay_s=cfg.hardware.request_overhead_ms * 1e-3,
+        arrival_delay_per_running_s=cfg.hardware.stream_overhead_ms * 1e-3,
+        serving=serving,
+    ), workload
+
+
 @pytest.fixture
 def serve() -> Serve:
     """``serve(overrides, serving=..., noise=None, num_blocks=None)``: a run and its workload."""
-
-    def _serve(
-        overrides: list[str],
-        serving: ServingSettings | None = None,
-        noise: float | None = None,
-        num_blocks: int | None = None,
-    ) -> tuple[EngineRun, Workload]:
-        cfg = compose_config(overrides)
-        knobs = SearchSpace.from_config(cfg.space).complete({})
-        workload = build_workload(
-            cfg.workload, lambda p: zero_load_ttft_ms(cfg.model, cfg.hardware, p)
-        )
-        plan, _ = plan_memory(cfg.model, cfg.hardware, knobs)
-        assert plan is not None
-        settings = EngineSettings(
-            knobs["max_num_seqs"], knobs["max_num_batched_tokens"], knobs["max_model_len"],
-            knobs["enable_chunked_prefill"], knobs["enable_prefix_caching"],
-            num_blocks or plan.num_blocks,
-        )  # fmt: skip
-        sigma = step_noise(cfg) if noise is None else noise
-        return run(
-            workload,
-            settings,
-            StepTimeModel(cfg.model, cfg.hardware, knobs),
-            make_jitter(np.random.default_rng(0), sigma),
-            cfg.backend.timeout_s,
-            arrival_delay_s=cfg.hardware.request_overhead_ms * 1e-3,
-            arrival_delay_per_running_s=cfg.hardware.stream_overhead_ms * 1e-3,
-            serving=serving,
-        ), workload
-
-    return _serve
+    return serve_composed
 
 
 def attainment(run: EngineRun, workload: Workload) -> float:

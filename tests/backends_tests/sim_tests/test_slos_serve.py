@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sloguard.backends.sim import ServingSettings, SlosServeScheduler, SpecDecodeSettings
+from sloguard.backends.sim import ServingSettings, SlosServeScheduler
 from sloguard.backends.sim._engine import Engine
+from sloguard.config import SpecDecodeConfig
 from tests.backends_tests.sim_tests.conftest import Serve, attainment
 
 LLAMA = ["model=llama-3.1-8b", "hardware=a100-40gb"]
@@ -93,7 +94,7 @@ def test_planner_time_is_measured(serve: Serve) -> None:
 def test_speculation_emits_the_same_tokens_in_fewer_steps(serve: Serve) -> None:
     load = ["workload=chat", "workload.num_requests=100"]
     plain, _ = serve(load)
-    spec = SpecDecodeSettings(enabled=True, max_tokens=3, acceptance_rate=1.0, draft_ratio=0.0)
+    spec = SpecDecodeConfig(enabled=True, max_tokens=3, acceptance_rate=1.0, draft_ratio=0.0)
     fast, _ = serve(load, ServingSettings(spec=spec))
 
     def lengths(run) -> list[int]:
@@ -101,7 +102,7 @@ def test_speculation_emits_the_same_tokens_in_fewer_steps(serve: Serve) -> None:
 
     assert lengths(fast) == lengths(plain)
     assert fast.num_steps < 0.75 * plain.num_steps  # decodes emit 4 tokens a step
-    half = SpecDecodeSettings(enabled=True, max_tokens=3, acceptance_rate=0.5)
+    half = SpecDecodeConfig(enabled=True, max_tokens=3, acceptance_rate=0.5)
     once, again = (serve(load, ServingSettings(spec=half))[0] for _ in range(2))
     assert once.num_steps == again.num_steps  # acceptance draws are seeded
 

@@ -1,27 +1,19 @@
 """The vllm scheduling policy gives exactly the results the engine gave before it had policies.
 
-The digests below were printed by this file's ``_digest`` run on commit a6fce77 (one
-``run_engine`` function): every workload in ``conf/workload`` (but the trace, which needs a
-file), under the default knobs, without chunked prefill, with prefix caching and with a small
-batch, with step-time noise. A digest covers every token time, send time and error, and the
-engine's counters, as exact floats.
+The digests below were printed by this file's ``_digest`` (then building the engine's settings
+inline) run on commit a6fce77 (one ``run_engine`` function): every workload in
+``conf/workload`` (but the trace, which needs a file), under the default knobs, without chunked
+prefill, with prefix caching and with a small batch, with step-time noise. A digest covers every
+token time, send time and error, and the engine's counters, as exact floats.
 """
 
 from __future__ import annotations
 
 import hashlib
 
-import numpy as np
 import pytest
 
-from sloguard.backends.sim import EngineSettings, StepTimeModel, run_engine
-from sloguard.backends.sim._engine import make_jitter
-from sloguard.backends.sim._memory import plan_memory
-from sloguard.backends.sim._roofline import zero_load_ttft_ms
-from sloguard.backends.sim.backend import step_noise
-from sloguard.space import SearchSpace
-from sloguard.tune import compose_config
-from sloguard.workload import build_workload
+from tests.backends_tests.sim_tests.conftest import serve_composed
 
 VARIANTS: dict[str, dict[str, object]] = {
     "default": {},
@@ -34,27 +26,7 @@ WORKLOADS = ("azure-code", "azure-conv", "chat", "chat-poisson", "chatbot", "cod
 
 
 def _digest(workload_name: str, variant: str) -> str:
-    cfg = compose_config([f"workload={workload_name}"])
-    knobs = SearchSpace.from_config(cfg.space).complete({})
-    knobs.update(VARIANTS[variant])
-    workload = build_workload(
-        cfg.workload, lambda p: zero_load_ttft_ms(cfg.model, cfg.hardware, p)
-    )
-    plan, _ = plan_memory(cfg.model, cfg.hardware, knobs)
-    assert plan is not None
-    settings = EngineSettings(
-        knobs["max_num_seqs"], knobs["max_num_batched_tokens"], knobs["max_model_len"],
-        knobs["enable_chunked_prefill"], knobs["enable_prefix_caching"], plan.num_blocks,
-    )  # fmt: skip
-    run = run_engine(
-        workload,
-        settings,
-        StepTimeModel(cfg.model, cfg.hardware, knobs),
-        make_jitter(np.random.default_rng(3), step_noise(cfg)),
-        cfg.backend.timeout_s,
-        arrival_delay_s=cfg.hardware.request_overhead_ms * 1e-3,
-        arrival_delay_per_running_s=cfg.hardware.stream_overhead_ms * 1e-3,
-    )
+    run, _ = serve_composed([f"workload={workload_name}"], knobs=VARIANTS[variant], jitter_seed=3)
     text = repr(
         (
             [(r.send_time, r.scheduled_time, r.error, r.token_times.tolist())
