@@ -349,14 +349,14 @@ def _summary(reqs: Requests, client: _Client, engines: list[Engine]) -> EngineRu
 
 
 def _replica_stats(reqs: Requests, engine: Engine, placed: list[int]) -> ReplicaStats:
-    planner = getattr(engine.scheduler, "planner_s", [])
+    planner = engine.scheduler.planner_s
     return ReplicaStats(
         requests=len(placed),
         output_tokens=sum(reqs.generated[r] for r in placed),
         num_steps=engine.steps,
         num_preemptions=engine.preemptions,
         peak_kv_usage=engine.peak_used / engine.total_blocks if engine.total_blocks else 0.0,
-        best_effort_ids=sorted(getattr(engine.scheduler, "best_effort_ids", ())),
+        best_effort_ids=sorted(engine.scheduler.best_effort_ids),
         planner_ms_mean=1e3 * float(np.mean(planner)) if planner else 0.0,
         planner_ms_max=1e3 * max(planner) if planner else 0.0,
     )

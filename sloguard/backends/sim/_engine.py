@@ -17,7 +17,8 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -100,6 +101,17 @@ class Scheduler(Protocol):
 
     def retire(self, engine: Engine, rid: int) -> None:
         """``rid`` finished on the engine."""
+
+    def would_admit(self, engine: Engine, rid: int) -> bool:
+        """Whether ``rid``, arriving now, would be admitted (served with its SLOs planned for)."""
+
+    @property
+    def best_effort_ids(self) -> AbstractSet[int]:
+        """Requests this scheduler served best effort (not admitted)."""
+
+    @property
+    def planner_s(self) -> Sequence[float]:
+        """Seconds each planning took (empty where nothing is planned)."""
 
 
 class Engine:

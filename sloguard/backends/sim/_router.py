@@ -11,7 +11,7 @@ replica there is no router: the engine queues (and preempts) as it would alone.
 - ``least-loaded``: the replica with the least KV footprint placed on it.
 - ``slo-aware``: SLOs-Serve's centralised controller: the next replica in turn whose admission
   plan can admit the request; if none can, the next in turn, where it is served best effort
-  (replicas without an admission plan admit whatever they can hold).
+  (a replica without an admission plan, the vllm scheduler's, admits whatever it can hold).
 """
 
 from __future__ import annotations
@@ -117,13 +117,8 @@ class SloAware(RoundRobin):
     name = "slo-aware"
 
     def choose(self, rid: int, fits: list[int]) -> int:
-        admit = [i for i in fits if self._admits(self.engines[i], rid)]
+        admit = [i for i in fits if self.engines[i].scheduler.would_admit(self.engines[i], rid)]
         return super().choose(rid, admit or fits)
-
-    @staticmethod
-    def _admits(engine: Engine, rid: int) -> bool:
-        would_admit = getattr(engine.scheduler, "would_admit", None)
-        return True if would_admit is None else bool(would_admit(engine, rid))
 
 
 ROUTERS: dict[str, type[Router]] = {cls.name: cls for cls in (RoundRobin, LeastLoaded, SloAware)}

@@ -47,6 +47,12 @@ class VllmScheduler:
     def retire(self, engine: Engine, rid: int) -> None:
         return None
 
+    def would_admit(self, engine: Engine, rid: int) -> bool:
+        return True  # no plan: whatever arrives is queued alike
+
+    best_effort_ids: frozenset[int] = frozenset()  # none: every request is served alike
+    planner_s: tuple[float, ...] = ()  # nothing is planned
+
     def schedule(self, engine: Engine) -> StepPlan:
         reqs = engine.reqs
         prompt, target, computed, generated, blocks = reqs.state
