@@ -160,12 +160,8 @@ def _main(argv: Sequence[str] | None) -> None:
     best.add_argument("--comparison", help="every study tagged with this comparison")
     best.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI)")
     report = sub.add_parser("report", help="paired-seed statistics and figures from MLflow")
-    # their options import the study and analysis packages: only for the command that needs them
-    command = next((a for a in (sys.argv[1:] if argv is None else argv) if a[:1] != "-"), None)
-    if command == "sync":
-        _add_sync_arguments(sync)
-    if command == "report":
-        _add_report_arguments(report)
+    _add_sync_arguments(sync)
+    _add_report_arguments(report)
     args, rest = parser.parse_known_args(argv)
     if args.command == "report":
         if rest:
@@ -244,9 +240,32 @@ def _best(args: argparse.Namespace) -> None:
 
 
 def _add_sync_arguments(parser: argparse.ArgumentParser) -> None:
-    from sloguard.study._sync import add_arguments
-
-    add_arguments(parser)
+    """The options of ``sloguard sync``."""
+    parser.add_argument(
+        "--study", default=None, help="the study name (default: every study found)"
+    )
+    parser.add_argument(
+        "--storage",
+        default=None,
+        help="the studies' storage URL (default: each journal file under --study-dir)",
+    )
+    parser.add_argument(
+        "--study-dir",
+        default=os.environ.get("SLOGUARD_STUDY_DIR", "studies"),
+        help="where default-journal studies live (default: $SLOGUARD_STUDY_DIR or studies)",
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    )
+    parser.add_argument(
+        "--grace-period",
+        type=int,
+        default=60,
+        help="seconds without a heartbeat after which another machine's trial is dead "
+        "(default 60)",
+    )
 
 
 def _sync(args: argparse.Namespace) -> None:
@@ -261,7 +280,7 @@ def _sync(args: argparse.Namespace) -> None:
 
 
 def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    from analysis.compute_multiseed_stats import add_arguments
+    from analysis._options import add_arguments
 
     add_arguments(parser)
     parser.add_argument("--output", default="report", help="folder for summary.json and PNGs")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sloguard import slo_contract
-from sloguard.load_generator import ABORT_ERROR
+from sloguard.result import ABORT_ERROR
 
 if TYPE_CHECKING:
     from sloguard.request_class import RequestClasses

@@ -29,12 +29,11 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from sloguard.result import RequestRecord, unsent_round_error
+from sloguard.result import ABORT_ERROR, RequestRecord, unsent_round_error
 from sloguard.workload import Workload, rounds_after
 
 TIMEOUT_ERROR = "timeout"  # prefix of errors of requests cut by the load-phase limit
 HUNG_ERROR = "hung"  # prefix of errors of streams that stopped producing tokens
-ABORT_ERROR = "aborted"  # prefix of errors of requests cut short by an early abort
 _FIRST_ID = 16  # token ids below this are left alone (special tokens sit low in small vocabs)
 
 

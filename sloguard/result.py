@@ -41,6 +41,9 @@ class RequestRecord:
         return len(self.token_times)
 
 
+ABORT_ERROR = "aborted"  # prefix of errors of requests cut short by an early abort
+
+
 def unsent_round_error(failed: int) -> str:
     """The error of a later round never sent because round ``failed`` of its request failed."""
     return f"not sent: an earlier round (request {failed}) failed"

@@ -37,8 +37,6 @@ from sloguard.exceptions import ConfigError, DiskFull
 from sloguard.model_card import resolve_model
 from sloguard.result import TrialRecord
 from sloguard.slo_contract import SloContract, shortfalls
-from sloguard.study import StorageSpec, StudyIncomplete, StudyStopped, run_study
-from sloguard.tracking import check_tracking_uri
 
 CONF_DIR = Path(os.environ.get("SLOGUARD_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
 # Hydra flags after which validation is skipped (they print, they do not run)
@@ -137,12 +135,19 @@ def check_overrides(argv: Sequence[str]) -> None:
                 f"space.{pinned[0]}.choices=[...] or narrow its space.{pinned[0]}.low/high"
             )
         backend_class(cfg.backend.name).preflight(BackendSettings.of(cfg))
+        # the study and tracking packages (Optuna, MLflow, scikit-learn) load only for a valid
+        # command line, so a bad value is refused fast
+        from sloguard.study import StorageSpec
+        from sloguard.tracking import check_tracking_uri
+
         StorageSpec(cfg.storage).check_reachable()
         check_tracking_uri(cfg.tracking.uri)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _job(cfg: DictConfig) -> float | None:
+    from sloguard.study import StudyIncomplete, StudyStopped, run_study
+
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     resolve_model(cfg, list(hydra_cfg.overrides.task))  # checked by check_overrides already

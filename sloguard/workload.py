@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from sloguard.request_class import RequestClasses
 
 if TYPE_CHECKING:
+    import pandas as pd
     from omegaconf import DictConfig
 
 ZeroLoadTtft = Callable[[np.ndarray], np.ndarray]  # prompt lengths -> zero-load TTFT (ms)
@@ -181,6 +181,8 @@ def trace_columns(path: str | Path) -> tuple[str, str, str]:
     Raises:
         ValueError: The file has none of the :data:`TRACE_COLUMNS` sets (message names them).
     """
+    import pandas as pd  # traces only: a command line without one starts faster
+
     header = set(pd.read_csv(path, nrows=0).columns)
     for columns in TRACE_COLUMNS:
         if set(columns) <= header:
@@ -197,6 +199,8 @@ def read_trace(
     Timestamps may be seconds or date-times. ``time_scale`` multiplies the gaps: 0.5 replays the
     trace at twice its rate.
     """
+    import pandas as pd
+
     time_col, prompt_col, output_col = trace_columns(path)
     frame = pd.read_csv(path, usecols=[time_col, prompt_col, output_col])
     times = frame[time_col]
@@ -219,6 +223,8 @@ def read_trace(
 
 def _checked_column(column: pd.Series, name: str, *, integer: bool) -> np.ndarray:
     """A trace column as floats; its first bad row named (not a number, negative, fractional)."""
+    import pandas as pd
+
     values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=float)
     with np.errstate(invalid="ignore"):
         bad = ~np.isfinite(values) | (values < 0)

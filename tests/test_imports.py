@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import graphlib
+import subprocess
+import sys
 
 from tests.conftest import REPO
 
@@ -33,3 +35,22 @@ def test_no_module_imports_itself_through_others() -> None:
     graph = _import_graph()
     assert len(graph) > 50 and graph["sloguard.tune"]  # the walk found the package
     graphlib.TopologicalSorter(graph).prepare()  # raises CycleError naming a circle
+
+
+def test_a_bad_command_line_is_refused_without_the_heavy_libraries() -> None:
+    """``sloguard tune`` refuses a bad value before MLflow, Optuna, scikit-learn, pandas or torch
+    load: the refusal is fast (``benchmarks/cli_start.py`` times it)."""
+    heavy = ("mlflow", "optuna", "sklearn", "pandas", "torch", "scipy", "aiohttp")
+    code = (
+        "import sys\n"
+        "from sloguard.exceptions import ConfigError\n"
+        "from sloguard.tune import check_overrides\n"
+        "try:\n"
+        "    check_overrides(['workers=0'])\n"
+        "except ConfigError:\n"
+        f"    print(','.join(m for m in {heavy!r} if m in sys.modules))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert proc.stdout.strip() == ""

@@ -96,3 +96,24 @@ def test_a_summary_another_process_logged_first_is_kept_once(tmp_path, monkeypat
     history = other.get_metric_history(tracker.run_id, "num_trials")
     assert lost and [(m.step, m.value) for m in history] == [(7, 8.0)]
     assert other.get_run(tracker.run_id).info.status == "FINISHED"
+
+
+def test_an_experiment_opens_as_runs_with_a_description_a_users_own_kept(
+    tmp_path, monkeypatch
+) -> None:
+    from sloguard.tracking import StudyTracker, names
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    mine = client.create_experiment("mine", tags={names.NOTE: "my notes"})
+    for experiment in ("sloguard", "mine"):
+        StudyTracker.start(uri, experiment, f"s-{experiment}", common_tags={})
+    ours = client.get_experiment_by_name("sloguard").tags
+    assert ours[names.EXPERIMENT_KIND] == "custom_model_development"  # not the GenAI view
+    assert ours[names.PRIMARY_METRIC] == "best_goodput_tok_s"
+    assert "goodput_tok_s" in ours[names.NOTE] and "crash_category" in ours[names.NOTE]
+    assert client.get_experiment(mine).tags[names.NOTE] == "my notes"
+    (run,) = client.search_runs([mine])
+    assert run.data.tags["mlflow.source.name"]  # MLflow's own context: what started the study
+    assert run.data.tags["mlflow.user"]

@@ -105,3 +105,25 @@ def test_mlflow_run_main_entry_point(study_env, tmp_path: Path) -> None:
         len(trials) == 4 and (trials["tags.mlflow.parentRunId"] == studies["run_id"].iloc[0]).all()
     )
     assert (tmp_path / "art").is_dir()  # artifacts went where the experiment says
+
+
+def test_a_study_in_mlflows_default_experiment_says_how_to_keep_studies_together(
+    study_env, tmp_path: Path
+) -> None:
+    """A bare `mlflow run` makes its run in Default before SLO-Guard starts: the study says so."""
+    mlflow.set_tracking_uri(study_env["MLFLOW_TRACKING_URI"])
+    client = mlflow.MlflowClient()
+    client.search_experiments()  # creates the store, and its Default experiment
+    made = client.create_run("0").info.run_id
+    proc = run_cli(
+        ["-m", "sloguard.tune", "budget=2", *FAST],
+        cwd=tmp_path,
+        env={**study_env, "MLFLOW_RUN_ID": made},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "made this study's run in MLflow's Default experiment, not 'sloguard': give it "
+        "--experiment-name sloguard" in proc.stderr
+    )
+    assert client.get_run(made).data.tags["sloguard.role"] == "study"
+    assert client.get_experiment("0").tags["mlflow.experimentKind"] == "custom_model_development"

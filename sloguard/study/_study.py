@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
+from mlflow.tracking.default_experiment import DEFAULT_EXPERIMENT_ID
 from omegaconf import OmegaConf
 from optuna.exceptions import DuplicatedStudyError
 from optuna.trial import TrialState
@@ -304,6 +306,13 @@ def _new_study_run(
         env_run_id=env_run_id,
         nest_under_env_run=nest_under_env_run,
     )
+    if tracker.experiment_id == DEFAULT_EXPERIMENT_ID and cfg.tracking.experiment != "Default":
+        print(
+            f"sloguard: note: `mlflow run` made this study's run in MLflow's Default experiment, "
+            f"not {cfg.tracking.experiment!r}: give it --experiment-name "
+            f"{cfg.tracking.experiment} (sloguard report and best search every experiment)",
+            file=sys.stderr,
+        )
     shown = redact_config(to_container(cfg))
     tracker.log_study_config(shown, OmegaConf.to_yaml(OmegaConf.create(shown)))
     study.set_user_attr(RUN_ATTR, tracker.run_id)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import optuna
@@ -15,35 +14,6 @@ from sloguard.study._storage import StorageSpec, iter_journal_studies
 from sloguard.study._study import CONFIG_ATTR, RUN_ATTR, StudyHandle
 from sloguard.study._trials import requeue
 from sloguard.tracking import StudyTracker, names, resolve_tracking_uri
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``sloguard sync``."""
-    parser.add_argument(
-        "--study", default=None, help="the study name (default: every study found)"
-    )
-    parser.add_argument(
-        "--storage",
-        default=None,
-        help="the studies' storage URL (default: each journal file under --study-dir)",
-    )
-    parser.add_argument(
-        "--study-dir",
-        default=os.environ.get("SLOGUARD_STUDY_DIR", "studies"),
-        help="where default-journal studies live (default: $SLOGUARD_STUDY_DIR or studies)",
-    )
-    parser.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
-    )
-    parser.add_argument(
-        "--grace-period",
-        type=int,
-        default=60,
-        help="seconds without a heartbeat after which another machine's trial is dead "
-        "(default 60)",
-    )
 
 
 def sync(args: argparse.Namespace) -> list[str]:

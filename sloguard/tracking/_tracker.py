@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from sloguard.exceptions import ConfigError
@@ -36,6 +37,17 @@ if TYPE_CHECKING:
     from sloguard.result import TrialRecord
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+EXPERIMENT_DESCRIPTION = f"""SLO-Guard tuning studies.
+
+- Each top-level run is one **study** (an optimizer and a seed on a model, hardware, workload and
+  SLO); its nested runs are the **trials**, one served configuration each.
+- Study runs: `{names.best(names.GOODPUT)}` and `{names.FEASIBLE_TRIALS}` per trial (step = trial
+  number), the best configuration as `{names.BEST_PREFIX}*` tags, `{names.BEST_PREFIX}vllm_serve`
+  (the `vllm serve` line) and `best_config.yaml`.
+- Trial runs: the knobs as params; `{names.GOODPUT}`, `ttft_p99_ms`, `itl_p99_ms` and
+  `{names.UTILITY}` as metrics; `{names.CRASH_CATEGORY}` and `{names.FEASIBLE}` as tags.
+- Paired-seed statistics: `sloguard report --comparison NAME`; best configurations:
+  `sloguard best --study NAME`."""
 _BATCH = 100  # MLflow's limit of params per log_batch call
 _METRIC_BATCH = 1000  # MLflow's limit of metrics per log_batch call
 _DUPLICATE_RETRIES = 3
@@ -217,15 +229,20 @@ class StudyTracker:
             if candidate and _run_exists(client, candidate):
                 run = client.get_run(candidate)
                 client.update_run(candidate, status="RUNNING", name=study_name)
+                _describe_experiment(client, run.info.experiment_id)
                 tracker = cls(client, candidate, run.info.experiment_id, common_tags)
                 tracker.set_tags({**common_tags, names.ROLE: names.STUDY_ROLE})
                 return tracker
-        tags = {**common_tags, names.ROLE: names.STUDY_ROLE, MLFLOW_RUN_NAME: study_name}
+        # MLflow's own context (source, user, git commit) as its fluent API records it
+        tags = resolve_tags(
+            {**common_tags, names.ROLE: names.STUDY_ROLE, MLFLOW_RUN_NAME: study_name}
+        )
         if nest_under_env_run and env_run_id and _run_exists(client, env_run_id):
             experiment_id = client.get_run(env_run_id).info.experiment_id
             tags[names.PARENT_RUN] = env_run_id
         else:
             experiment_id = _experiment_id(client, experiment)
+        _describe_experiment(client, experiment_id)
         run = client.create_run(experiment_id, run_name=study_name, tags=tags)
         return cls(client, run.info.run_id, experiment_id, common_tags)
 
@@ -433,6 +450,20 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
     if experiment is not None:
         return experiment.experiment_id
     return client.create_experiment(name)
+
+
+def _describe_experiment(client: MlflowClient, experiment_id: str) -> None:
+    """Open the experiment in MLflow's classic runs view, with a description; a user's own
+    description or kind is kept."""
+    tags = client.get_experiment(experiment_id).tags
+    wanted = {
+        names.EXPERIMENT_KIND: "custom_model_development",
+        names.PRIMARY_METRIC: names.best(names.GOODPUT),
+        names.NOTE: EXPERIMENT_DESCRIPTION,
+    }
+    for key, value in wanted.items():
+        if key not in tags:
+            client.set_experiment_tag(experiment_id, key, value)
 
 
 def _param_value(value: Any) -> str:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-
-PARENT_RUN = MLFLOW_PARENT_RUN_ID  # a trial run's study run; a study's outer run (multirun)
+# MLflow's own tag (mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID), spelled out so that the
+# names load without MLflow: a trial run's study run; a study's outer run (multirun)
+PARENT_RUN = "mlflow.parentRunId"
+EXPERIMENT_KIND = "mlflow.experimentKind"  # which view MLflow's UI opens an experiment in
+PRIMARY_METRIC = "mlflow.experiment.primaryMetric.name"  # the UI's first chart
+NOTE = "mlflow.note.content"  # an experiment's or run's description in MLflow's UI
 
 # tags of study and trial runs
 ROLE = "sloguard.role"  # "study" or "trial"

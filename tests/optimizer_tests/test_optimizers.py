@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from sloguard.config import OPTIMIZER_NAMES
 from sloguard.crash_classifier import CrashCategory, CrashInfo
 from sloguard.optimizer import OPTIMIZERS, create_optimizer
 from sloguard.result import TrialResult
@@ -13,6 +14,11 @@ def _score(params: dict) -> TrialResult:
     if params["enforce_eager"]:
         return TrialResult(params, crash=CrashInfo(CrashCategory.OOM, "x", "CUDA out of memory"))
     return TrialResult(params, feasible=True, utility=float(params["max_num_seqs"]))
+
+
+def test_config_knows_every_optimizer_by_name() -> None:
+    """Validation checks names from config (no optimizer library loaded): the same set."""
+    assert tuple(OPTIMIZERS) == OPTIMIZER_NAMES
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import mlflow
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from sloguard.study import run_study
-from sloguard.study._sync import add_arguments, sync
+from sloguard.study._sync import sync
 from tests.conftest import run_cli
 from tests.study_tests.conftest import FAST, mlflow_runs
 
@@ -63,9 +63,14 @@ def test_sync_repairs_missing_half_logged_and_duplicate_runs(
             metric, outcome.records[1].result.utility
         )
     assert client.get_run(outcome.run_id).info.status == "FINISHED"
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    (again,) = sync(parser.parse_args([]))  # every study, in this process this time
+    options = argparse.Namespace(
+        study=None,
+        storage=None,
+        study_dir=study_env["SLOGUARD_STUDY_DIR"],
+        tracking_uri=None,
+        grace_period=60,
+    )
+    (again,) = sync(options)  # every study, in this process this time
     assert again.endswith("0 trial runs created, 0 completed, 0 duplicates deleted, 0 closed")
 
 
