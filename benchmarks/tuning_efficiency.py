@@ -210,6 +210,10 @@ def main() -> None:
             optimum = max(
                 [grid_best] + [s["best_true_goodput"] for s in studies if s["best_rerun_feasible"]]
             )
+            if optimum <= 0:  # no regret to measure against
+                print(f"\n=== {scenario}: no feasible configuration known (grid nor studies)")
+                out["scenarios"][scenario] = {"overrides": list(overrides), "optimum": None}
+                continue
             rows: dict[str, dict[str, list[float]]] = {}
             for study in studies:
                 row = rows.setdefault(study["optimizer"], {})

@@ -25,7 +25,12 @@ OBJECTIVES: tuple[str, ...] = ("goodput", "capacity")
 # the optimizers' names (sloguard.optimizer.OPTIMIZERS builds them), here so that validating a
 # command line loads no optimizer library
 OPTIMIZER_NAMES: tuple[str, ...] = ("random", "tpe", "tba", "tba-tpe", "constrained-bo", "grid")
-SCHEDULERS: tuple[str, ...] = ("vllm", "slos-serve")  # the simulator's scheduling policies
+SCHEDULERS: tuple[str, ...] = ("vllm", "slos-serve")
+KV_CACHE_DTYPES: tuple[str, ...] = ("auto", "fp8")  # vLLM's --kv-cache-dtype (auto: the model's)
+TBA_STARTS: tuple[str, ...] = (
+    "random",
+    "defaults",
+)  # tba's first trials  # the simulator's scheduling policies
 ROUTER_NAMES: tuple[str, ...] = ("round-robin", "least-loaded", "slo-aware")
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
@@ -90,6 +95,8 @@ class HardwareConfig:
     step_noise: float = num(0.03, ge=0, le=2)
     supports_cudagraphs: bool = True
     quantization: list[str] = field(default_factory=lambda: ["fp16", "fp8", "awq", "gptq"])
+    # --kv-cache-dtype values an attention backend on this device accepts (vLLM refuses others)
+    kv_cache_dtypes: list[str] = field(default_factory=lambda: ["auto", "fp8"])
     # GPUs each trial's server gets (workers=auto: GPUs / this)
     gpus_per_trial: int = num(1, ge=1, le=1024)
 
@@ -194,6 +201,7 @@ class OptimizerConfig:
     gamma: float | None = num(None, gt=0, le=1)
     min_trials: int | None = num(None, ge=1)
     crash_rate: float | None = num(None, gt=0, le=1)
+    start: str | None = None  # "random" draws, or "defaults" (vLLM's) as the first trial
     # tba-tpe: exploration trials, a share of budget (< 1) or a count
     handoff: float = num(0.4, gt=0)
     # grid (vLLM auto_tune)
@@ -299,6 +307,8 @@ class SpaceConfig:
     enforce_eager: BoolChoiceConfig = field(default_factory=BoolChoiceConfig)
     enable_chunked_prefill: BoolChoiceConfig = field(default_factory=BoolChoiceConfig)
     enable_prefix_caching: BoolChoiceConfig = field(default_factory=BoolChoiceConfig)
+    # more vLLM engine arguments, searched when given; the first choice is the default
+    kv_cache_dtype: list[str] = field(default_factory=list)  # e.g. [auto,fp8]
     # the simulator's serving choices, searched when given (the sim backend only); the first
     # choice is the default, e.g. space.scheduler=[vllm,slos-serve] space.replicas=[1,2,4]
     scheduler: list[str] = field(default_factory=list)
@@ -435,6 +445,8 @@ def validate(cfg: DictConfig) -> Config:
         )
     _check_optimizer(cfg.optimizer, cfg.budget)
     _check_serving(cfg.backend, cfg.space)
+    for dtype in cfg.hardware.kv_cache_dtypes:
+        _check_choice("hardware.kv_cache_dtypes", dtype, KV_CACHE_DTYPES)
     _check_network(cfg.backend)
     space = SearchSpace.from_config(cfg.space)  # raises ConfigError on a bad range
     fixed = {k: v for k, v in to_container(cfg.knobs).items() if v is not None}
@@ -448,7 +460,11 @@ def _check_serving(backend: DictConfig, space: DictConfig) -> None:
 
     _check_choice("backend.scheduler", backend.scheduler, SCHEDULERS)
     _check_choice("backend.router", backend.router, ROUTER_NAMES)
-    for name, allowed in (("scheduler", SCHEDULERS), ("router", ROUTER_NAMES)):
+    for name, allowed in (
+        ("scheduler", SCHEDULERS),
+        ("router", ROUTER_NAMES),
+        ("kv_cache_dtype", KV_CACHE_DTYPES),
+    ):
         for choice in space[name]:
             _check_choice(f"space.{name}", choice, allowed)
     for replicas in space.replicas:
@@ -499,6 +515,8 @@ def _check_network(backend: DictConfig) -> None:
 
 def _check_optimizer(opt: DictConfig, budget: int) -> None:
     """tba-tpe's handoff is a share of the budget (< 1) or a whole count of trials within it."""
+    if opt.get("start") is not None:
+        _check_choice("optimizer.start", opt.start, TBA_STARTS)
     if opt.name == "grid":
         for key in ("grid_max_num_seqs", "grid_max_num_batched_tokens"):
             if not opt[key]:

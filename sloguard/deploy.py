@@ -30,6 +30,8 @@ def knob_flags(knobs: dict[str, Any]) -> list[str]:
         flags.append(f"--{flag}" if knobs[name] else f"--no-{flag}")
     if knobs["quantization"] != "fp16":  # fp16: the checkpoint's own weights, no quantization
         flags += ["--quantization", knobs["quantization"]]
+    if knobs.get("kv_cache_dtype", "auto") != "auto":
+        flags += ["--kv-cache-dtype", knobs["kv_cache_dtype"]]
     return flags
 
 
@@ -50,7 +52,7 @@ def serve_config(knobs: dict[str, Any]) -> str:
 def simulated_only(knobs: dict[str, Any]) -> dict[str, Any]:
     """The knobs no vLLM flag sets (the simulator's scheduler, replicas, router, speculation)."""
     launched = {"quantization", "max_num_seqs", "max_num_batched_tokens", "max_model_len"}
-    launched |= {"gpu_memory_utilization", *BOOL_FLAGS}
+    launched |= {"gpu_memory_utilization", "kv_cache_dtype", *BOOL_FLAGS}
     return {k: v for k, v in knobs.items() if k not in launched}
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from sloguard.backends import create_backend
 from sloguard.backends.sim import zero_load_ttft_ms
 from sloguard.capacity import CapacitySearch, search_capacity
+from sloguard.exceptions import ConfigError
 from sloguard.gpu_profile import MemoryGuard, detect_vram_gb
 from sloguard.result import TrialRecord
 from sloguard.slo_contract import SloContract
@@ -74,6 +75,30 @@ def workload_from_config(cfg: DictConfig) -> Workload:
     )
 
 
+def check_load_fits(cfg: DictConfig, workload: Workload) -> None:
+    """Refuse an open-loop schedule that outlasts the backend's load-phase limit: every trial
+    would end as a timeout whatever its configuration.
+
+    Raises:
+        ConfigError: Naming the workload, how long its arrivals last, and the limit.
+    """
+    limit = cfg.backend.get("timeout_s")
+    if (
+        cfg.objective == "capacity"
+        or cfg.workload.concurrency
+        or limit is None
+        or not len(workload)
+    ):
+        return  # closed loop, or a capacity search (its slower probes may time out: they fail)
+    span = float(workload.arrival_times[-1])
+    if span >= limit:
+        raise ConfigError(
+            f"workload={cfg.workload.name}: its {len(workload)} requests arrive over "
+            f"{span:.0f} s, longer than the load-phase limit backend.timeout_s={limit:g}; lower "
+            "workload.num_requests or raise backend.timeout_s"
+        )
+
+
 def trial_seed(seed: int, number: int) -> int:
     """The backend seed of trial ``number``."""
     return int(np.random.default_rng([seed, number, 1]).integers(2**31 - 1))
@@ -111,6 +136,7 @@ class TrialStep:
     ) -> TrialStep:
         backend = create_backend(cfg)
         workload = workload_from_config(cfg)
+        check_load_fits(cfg, workload)
         capacity = None
         if cfg.objective == "capacity":
             capacity = CapacitySearch.from_config(cfg, workload)

@@ -30,9 +30,11 @@ WEIGHT_BYTES: dict[str, float] = {"fp16": 2.0, "fp8": 1.0, "awq": 0.5625, "gptq"
 _DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float": 4, "half": 2}
 
 
-def kv_bytes_per_token(model: Any) -> float:
-    """2 (K and V) x layers x KV heads x head dim x dtype bytes."""
-    return 2.0 * model.num_layers * model.num_kv_heads * model.head_dim * model.dtype_bytes
+def kv_bytes_per_token(model: Any, kv_cache_dtype: str = "auto") -> float:
+    """2 (K and V) x layers x KV heads x head dim x element bytes (the model's dtype, or one
+    byte for an fp8 KV cache)."""
+    element = 1 if kv_cache_dtype == "fp8" else model.dtype_bytes
+    return 2.0 * model.num_layers * model.num_kv_heads * model.head_dim * element
 
 
 def embedding_params(model: Any) -> float:
@@ -182,7 +184,7 @@ class MemoryGuard:
         model: The model config (weights and activations are sized from it).
         vram_gb: Device memory (GiB).
         non_torch_gb: CUDA context and allocator overhead (GiB).
-        kv_bytes_per_token: KV bytes one token takes.
+        kv_bytes_per_token: KV bytes one token takes in the model's dtype.
         footprint_gb: A user reserve for weights and activations (GiB) replacing the estimate.
         overcommit: How many times the KV cache ``max_num_seqs x max_model_len`` may exceed
             (1.0 is the seed's rule: every sequence can reach ``max_model_len`` without
@@ -227,7 +229,7 @@ class MemoryGuard:
         kv_gib = config["gpu_memory_utilization"] * self.vram_gb - self.footprint_gib(config)
         if kv_gib <= 0:
             return 0
-        return int(kv_gib * GIB // (self.kv_bytes_per_token * BLOCK_SIZE)) * BLOCK_SIZE
+        return int(kv_gib * GIB // (self._kv_bytes(config) * BLOCK_SIZE)) * BLOCK_SIZE
 
     def repair(self, config: dict[str, Any], util_high: float, len_low: int = 1) -> Repair:
         """Fit ``config`` to its KV budget.
@@ -267,8 +269,14 @@ class MemoryGuard:
                 fixed["max_num_seqs"] = cap
         return Repair(fixed, tuple(changes))
 
+    def _kv_bytes(self, config: dict[str, Any]) -> float:
+        """KV bytes per token under ``config``: an fp8 KV cache stores one byte an element."""
+        if config.get("kv_cache_dtype", "auto") == "fp8":
+            return self.kv_bytes_per_token / self.model.dtype_bytes
+        return self.kv_bytes_per_token
+
     def _util_for(self, config: dict[str, Any], tokens: int) -> float | None:
         """The smallest utilisation (rounded up to 0.001) that gives ``tokens`` KV tokens."""
-        need_gib = math.ceil(tokens / BLOCK_SIZE) * BLOCK_SIZE * self.kv_bytes_per_token / GIB
+        need_gib = math.ceil(tokens / BLOCK_SIZE) * BLOCK_SIZE * self._kv_bytes(config) / GIB
         util = math.ceil((self.footprint_gib(config) + need_gib) / self.vram_gb * 1000) / 1000
         return util if util <= 1.0 else None

@@ -27,8 +27,11 @@ KNOB_NAMES: tuple[str, ...] = (
     "enable_chunked_prefill",
     "enable_prefix_caching",
 )
+# vLLM engine arguments beyond the seed's eight: knobs only where the space lists their choices
+ENGINE_EXTRAS: tuple[str, ...] = ("kv_cache_dtype",)
 # the simulator's serving choices, knobs of the space only where the space gives them
 SERVING_KNOBS: tuple[str, ...] = ("scheduler", "replicas", "router", "spec_decode")
+OPTIONAL_KNOBS: tuple[str, ...] = ENGINE_EXTRAS + SERVING_KNOBS
 QUANTIZATIONS: tuple[str, ...] = ("fp16", "fp8", "awq", "gptq")
 
 # knob -> (parent knob, parent value under which the knob is active)
@@ -139,7 +142,7 @@ class SearchSpace:
         missing = [n for n in KNOB_NAMES if n not in knobs]
         if missing:
             raise ConfigError(f"space is missing knobs: {', '.join(missing)}")
-        names = KNOB_NAMES + tuple(n for n in SERVING_KNOBS if n in knobs)
+        names = KNOB_NAMES + tuple(n for n in OPTIONAL_KNOBS if n in knobs)
         self.knobs = {name: knobs[name] for name in names}
         self.repair_enabled = repair
 
@@ -147,7 +150,7 @@ class SearchSpace:
     def from_config(cls, cfg: DictConfig | dict[str, Any]) -> SearchSpace:
         """Build from the ``space`` config group, checking every range."""
         knobs: dict[str, Knob] = {}
-        for name in SERVING_KNOBS:  # searched where the space lists choices, the first default
+        for name in OPTIONAL_KNOBS:  # searched where the space lists choices, the first default
             if cfg.get(name):
                 knobs[name] = CategoricalKnob(name, tuple(cfg[name]), cfg[name][0])
         for name in KNOB_NAMES:
@@ -289,10 +292,10 @@ class SearchSpace:
 
 
 def _unknown_knob(name: str) -> ConfigError:
-    if name in SERVING_KNOBS:
+    if name in OPTIONAL_KNOBS:
         return ConfigError(
-            f"knob {name!r} is not in this space; the simulator searches it when the space "
-            f"gives it (space.{name}=...)"
+            f"knob {name!r} is not in this space; it is searched when the space gives its "
+            f"choices (space.{name}=[...])"
         )
     return ConfigError(f"unknown knob {name!r}; knobs are: {', '.join(KNOB_NAMES)}")
 

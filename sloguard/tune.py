@@ -32,7 +32,7 @@ from sloguard import signals
 from sloguard.backends import BackendSettings, backend_class
 from sloguard.config import register_configs, validate
 from sloguard.deploy import serve_command, simulated_only
-from sloguard.evaluation import slo_from_config
+from sloguard.evaluation import check_load_fits, slo_from_config, workload_from_config
 from sloguard.exceptions import ConfigError, DiskFull
 from sloguard.model_card import resolve_model
 from sloguard.result import TrialRecord
@@ -135,6 +135,7 @@ def check_overrides(argv: Sequence[str]) -> None:
                 f"space.{pinned[0]}.choices=[...] or narrow its space.{pinned[0]}.low/high"
             )
         backend_class(cfg.backend.name).preflight(BackendSettings.of(cfg))
+        check_load_fits(cfg, workload_from_config(cfg))
         # the study and tracking packages (Optuna, MLflow, scikit-learn) load only for a valid
         # command line, so a bad value is refused fast
         from sloguard.study import StorageSpec

@@ -51,6 +51,15 @@ def test_defaults_are_the_seed_setting(compose) -> None:
         ("optimizer=tba-tpe optimizer.handoff=0", "optimizer.handoff=0.0 is invalid"),
         ("optimizer=grid optimizer.grid_util_step=0", "optimizer.grid_util_step=0.0 is invalid"),
         ("space.kv_overcommit=0", "space.kv_overcommit=0.0 is invalid"),
+        (
+            "space.kv_cache_dtype=[auto,fp4]",
+            "space.kv_cache_dtype='fp4' is not known; choose one of: auto, fp8",
+        ),
+        ("hardware.kv_cache_dtypes=[int4]", "hardware.kv_cache_dtypes='int4' is not known"),
+        (
+            "optimizer=tba optimizer.start=best",
+            "optimizer.start='best' is not known; choose one of: random, defaults",
+        ),
         ("model=gpt5", "choose one of: llama-3.1-8b, qwen2-1.5b, tiny-random"),
         ("hardware=tpu", "hardware='tpu' is not known"),
         ("budget=-1", "budget=-1 is invalid; it must be an integer >= 1"),

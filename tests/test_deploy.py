@@ -24,6 +24,9 @@ def test_a_serve_line_a_user_can_paste() -> None:
         "--no-enable-chunked-prefill --enable-prefix-caching --quantization awq"
     )
     assert serve_command("/models/my model", KNOBS).startswith("vllm serve '/models/my model' ")
+    fp8 = serve_command("m", {**KNOBS, "kv_cache_dtype": "fp8"})
+    assert fp8.endswith("--enable-prefix-caching --kv-cache-dtype fp8")
+    assert "kv-cache-dtype" not in serve_command("m", {**KNOBS, "kv_cache_dtype": "auto"})
 
 
 def test_the_config_file_has_vllms_flag_names() -> None:
@@ -41,7 +44,7 @@ def test_the_config_file_has_vllms_flag_names() -> None:
 
 
 def test_the_simulators_own_choices_are_named_apart() -> None:
-    assert simulated_only(KNOBS) == {}
+    assert simulated_only({**KNOBS, "kv_cache_dtype": "fp8"}) == {}  # a vLLM flag
     assert simulated_only({**KNOBS, "scheduler": "slos-serve", "replicas": 2}) == {
         "scheduler": "slos-serve",
         "replicas": 2,

@@ -115,7 +115,7 @@ def test_bad_trace_input_is_one_clear_error(compose, tmp_path, overrides, messag
 def test_azure_shaped_workloads_match_the_published_statistics(
     compose, name, rate, cv, prompt_mean, output_mean
 ) -> None:
-    # many requests so the sample statistics settle (the configs draw 1000)
+    # many requests so the sample statistics settle (the configs draw 800 and 1000)
     wl = build_workload(
         compose(f"workload={name}", "workload.num_requests=200000", "allow_large=true").workload
     )

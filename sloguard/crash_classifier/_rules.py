@@ -244,6 +244,19 @@ RULES: tuple[Rule, ...] = (
         "executors: GPU count checks",
     ),
     _rule(
+        CONFIG, "kv_cache_dtype_unsupported",
+        r"FP8 KV cache (is not supported|requires|on CPU requires)"
+        r"|does not support fp8 kv-cache|fp8 kv-cache is not supported",
+        "v1/attention/backends/triton_attn.py TritonAttentionImpl.__init__ (0.32: below SM89)",
+        "v1/attention/backends/cpu_attn.py _get_attn_isa (0.32: no AVX-512/AMX, head size)",
+        "v1/attention/backends/flash_attn.py (0.11: 'does not support fp8 kv-cache')",
+    ),
+    _rule(
+        CONFIG, "attention_backend_unsupported",
+        r"No valid attention backend found|Selected backend \S+ is not valid for",
+        "platforms/cuda.py CudaPlatform.get_attn_backend_cls (0.32: every backend refuses)",
+    ),
+    _rule(
         CONFIG, "dtype_unsupported",
         r"Bfloat16 is only supported on GPUs with compute capability"
         r"|compute capability below \d[.\d]* (is|are) not supported"

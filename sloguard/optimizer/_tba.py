@@ -48,6 +48,8 @@ class TBAOptimizer(BaseOptimizer):
         gamma: Share of scored (non-crashed) trials that counts as good for the density ratio.
         min_trials: Trials in a subspace before it can be blacklisted.
         crash_rate: Crash share that blacklists a subspace.
+        start: ``"random"``: the ``n_initial`` first trials are uniform draws; ``"defaults"``:
+            the first of them is the space's defaults (vLLM's own).
     """
 
     name = "tba"
@@ -65,6 +67,7 @@ class TBAOptimizer(BaseOptimizer):
         gamma: float = 0.25,
         min_trials: int = 3,
         crash_rate: float = 0.8,
+        start: str = "random",
     ) -> None:
         super().__init__(space, seed)
         self.budget = max(int(budget), 1)
@@ -73,6 +76,7 @@ class TBAOptimizer(BaseOptimizer):
         self.t0 = t0
         self.crash_threshold = crash_threshold
         self.gamma = gamma
+        self.start = start
         self.surrogate = FeasibilitySurrogate(oob_gate=oob_gate)
         self.blacklist = SubspaceBlacklist(space, min_trials=min_trials, crash_rate=crash_rate)
         self.params: list[dict[str, Any]] = []
@@ -92,6 +96,10 @@ class TBAOptimizer(BaseOptimizer):
         return self.t0 * max(self.budget - self.n_told, 0) / self.budget
 
     def _ask(self) -> dict[str, Any]:
+        if self.start == "defaults" and not self.params:
+            defaults = self.space.complete({})
+            if _key(defaults) not in {_key(p) for p in self.running}:
+                return defaults
         rng = self.trial_rng()
         if self.n_told < self.n_initial or self.current is None:
             candidates = [self.space.sample(rng) for _ in range(self.n_candidates)]
@@ -197,5 +205,6 @@ def tba_settings(cfg: DictConfig) -> dict[str, Any]:
         "gamma",
         "min_trials",
         "crash_rate",
+        "start",
     )
     return {n: cfg[n] for n in names if n in cfg and cfg[n] is not None}

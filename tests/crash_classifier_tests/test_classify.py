@@ -62,6 +62,14 @@ def test_real_cpu_build_logs(name, exit_code, category, subcause, evidence) -> N
         ("ERROR [multiproc_executor.py:150] Worker proc VllmWorker-0 died unexpectedly, "
          "shutting down executor.", "unknown", "worker_died"),
         ("vllm: error: unrecognized arguments: --max-num-seq 8", "config", "bad_argument"),
+        ("ValueError: FP8 KV cache is not supported by the Triton attention backend on Tesla T4 "
+         "(compute capability 7.5); native FP8 (fp8e4nv) requires SM89+.", "config",
+         "kv_cache_dtype_unsupported"),
+        ("NotImplementedError: FP8 KV cache on CPU requires x86 with AVX-512 or AMX.", "config",
+         "kv_cache_dtype_unsupported"),
+        ("ValueError: No valid attention backend found for cuda with AttentionSelectorConfig("
+         "head_size=80, kv_cache_dtype=auto, block_size=8). Reasons: {FLASH_ATTN: [block_size "
+         "not supported]}.", "config", "attention_backend_unsupported"),
     ],
 )  # fmt: skip
 def test_gpu_messages_from_the_vllm_source(line, category, subcause) -> None:
@@ -123,6 +131,7 @@ def test_unexplained_failures_are_unknown_with_evidence() -> None:
     [
         ("model=llama-3.1-8b", "hardware=l4-24gb", "hardware.used_by_others_gb=3"),
         ("model=qwen2-1.5b", "hardware=cpu", "space.max_num_batched_tokens.low=16"),
+        ("model=qwen2-1.5b", "hardware=t4-16gb", "space.kv_cache_dtype=[auto,fp8]"),
     ],
 )
 def test_every_simulated_crash_reads_back_as_the_sim_classified_it(compose, overrides) -> None:

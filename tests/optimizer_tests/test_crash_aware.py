@@ -89,6 +89,20 @@ def test_temperature_follows_the_remaining_budget(space) -> None:
     assert opt.temperature == 0.0
 
 
+def test_tba_can_start_from_vllms_defaults(space) -> None:
+    """start=defaults: the first trial is the space's defaults, once; a busy worker gets a draw."""
+    defaults = space.complete({})
+    opt = TBAOptimizer(space, seed=0, budget=10, start="defaults")
+    other = TBAOptimizer(space, seed=0, budget=10, start="defaults")
+    first = opt.ask()
+    assert first == defaults
+    assert other.ask(0, running=[defaults]) != defaults  # another worker already runs them
+    opt.tell(first, _ok(first))
+    asked = [opt.ask() for _ in range(3)]
+    assert defaults not in asked
+    assert TBAOptimizer(space, seed=0, budget=10).ask() != defaults  # random by default
+
+
 def test_tba_tpe_hands_off_with_every_trial_as_a_warm_start(space) -> None:
     opt = TBATPEOptimizer(space, seed=0, budget=10, handoff=0.4)
     phases = []

@@ -96,7 +96,7 @@ def plan_memory(
     activation = activation_bytes(model, knobs["max_num_batched_tokens"], knobs["max_num_seqs"])
     non_torch = hw.non_torch_memory_gb * GIB
     kv = budget - weights - activation - non_torch
-    per_token = kv_bytes_per_token(model)
+    per_token = kv_bytes_per_token(model, knobs.get("kv_cache_dtype", "auto"))
     if kv <= 0:
         return None, _oom(
             "no_kv_cache_memory",
@@ -201,6 +201,14 @@ def _config_refusal(
             f"smaller than max_model_len ({max_len}). This effectively limits the maximum "
             "sequence length to max_num_batched_tokens and makes vLLM reject longer sequences. "
             "Please increase max_num_batched_tokens or decrease max_model_len.",
+        )
+    kv_dtype = knobs.get("kv_cache_dtype", "auto")
+    if kv_dtype not in hw.kv_cache_dtypes:
+        return _config(  # vLLM 0.32 triton_attn.py TritonAttentionImpl.__init__ (below SM 8.9)
+            "kv_cache_dtype_unsupported",
+            f"ValueError: FP8 KV cache is not supported by the Triton attention backend on "
+            f"{hw.name}; native FP8 (fp8e4nv) requires SM89+. Re-run with --kv-cache-dtype "
+            "float16.",
         )
     if knobs["quantization"] not in hw.quantization:
         return _config(

@@ -46,7 +46,7 @@ class StepTimeModel:
         self.weight_bytes = weight_bytes(model, quant) - embedding_params(model) * (
             model.dtype_bytes
         )
-        self.kv_bytes_per_token = kv_bytes_per_token(model)
+        self.kv_bytes_per_token = kv_bytes_per_token(model, knobs.get("kv_cache_dtype", "auto"))
         self.flops_per_s = (
             hw.peak_tflops * 1e12 * hw.compute_efficiency * (QUANT_COMPUTE_FACTOR[quant])
         )

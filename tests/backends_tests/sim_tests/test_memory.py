@@ -98,3 +98,18 @@ def test_startup_refusals_read_like_vllm(
     assert plan is None
     assert (crash.category, crash.subcause, crash.phase) == (category, subcause, "startup")
     assert text in crash.evidence
+
+
+def test_an_fp8_kv_cache_holds_twice_the_tokens_and_is_refused_below_sm89(compose) -> None:
+    """--kv-cache-dtype fp8: one byte an element; a T4 (SM 7.5) has no backend that takes it."""
+    cfg = compose("space.kv_cache_dtype=[auto,fp8]")
+    auto, _ = plan_memory(cfg.model, cfg.hardware, _knobs(cfg))
+    fp8, _ = plan_memory(cfg.model, cfg.hardware, _knobs(cfg, kv_cache_dtype="fp8"))
+    assert fp8.kv_cache_gib == pytest.approx(auto.kv_cache_gib)  # the same memory ...
+    assert fp8.num_blocks == pytest.approx(2 * auto.num_blocks, abs=1)  # ... twice the tokens
+    t4 = compose("hardware=t4-16gb", "space.kv_cache_dtype=[auto,fp8]")
+    plan, crash = plan_memory(t4.model, t4.hardware, _knobs(t4, kv_cache_dtype="fp8"))
+    assert plan is None and crash is not None
+    assert (crash.category, crash.subcause) == (CrashCategory.CONFIG, "kv_cache_dtype_unsupported")
+    assert "FP8 KV cache is not supported by the Triton attention backend" in crash.evidence
+    assert plan_memory(t4.model, t4.hardware, _knobs(t4))[1] is None  # auto starts

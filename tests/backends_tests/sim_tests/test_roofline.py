@@ -48,3 +48,12 @@ def test_attention_efficiency_prices_long_contexts(compose) -> None:
     short = (512, 1, 512 * 256.0, 0)
     long = (512, 1, 512 * 8000.0, 0)
     assert slow_attention(*long) / base(*long) > slow_attention(*short) / base(*short) > 1.0
+
+
+def test_an_fp8_kv_cache_halves_the_kv_reads_of_a_decode_step(compose) -> None:
+    auto = _model(compose)
+    fp8 = _model(compose, "space.kv_cache_dtype=[auto,fp8]", kv_cache_dtype="fp8")
+    assert fp8.kv_bytes_per_token == auto.kv_bytes_per_token / 2
+    # 64 sequences at 4k context: the KV reads dominate, so the step is clearly faster
+    assert fp8(64, 64, 0, 64 * 4096) < 0.8 * auto(64, 64, 0, 64 * 4096)
+    assert fp8(64, 64, 0, 64 * 16) == pytest.approx(auto(64, 64, 0, 64 * 16), rel=0.05)

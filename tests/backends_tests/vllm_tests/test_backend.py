@@ -416,7 +416,8 @@ def test_vllm_reads_the_best_config_file_as_the_flags(vllm_python, tmp_path) -> 
 
     from sloguard.deploy import knob_flags, serve_config
 
-    knobs = {**KNOBS, "gpu_memory_utilization": 0.8655369, "enable_chunked_prefill": False}
+    knobs = {**KNOBS, "gpu_memory_utilization": 0.8655369, "enable_chunked_prefill": False,
+             "kv_cache_dtype": "fp8"}  # fmt: skip
     (tmp_path / "best.yaml").write_text(serve_config(knobs))
     script = (
         "import json, sys\n"
@@ -436,4 +437,4 @@ def test_vllm_reads_the_best_config_file_as_the_flags(vllm_python, tmp_path) -> 
     from_flags, from_file = json.loads(proc.stdout.strip().splitlines()[-1])
     assert from_flags == from_file
     assert from_file["gpu_memory_utilization"] == 0.8655 and from_file["max_num_seqs"] == 8
-    assert from_file["enable_chunked_prefill"] is False
+    assert from_file["enable_chunked_prefill"] is False and from_file["kv_cache_dtype"] == "fp8"
