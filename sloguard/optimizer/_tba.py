@@ -67,7 +67,7 @@ class TBAOptimizer(BaseOptimizer):
         gamma: float = 0.25,
         min_trials: int = 3,
         crash_rate: float = 0.8,
-        start: str = "random",
+        start: str = "defaults",
     ) -> None:
         super().__init__(space, seed)
         self.budget = max(int(budget), 1)

@@ -100,7 +100,7 @@ def test_tba_can_start_from_vllms_defaults(space) -> None:
     opt.tell(first, _ok(first))
     asked = [opt.ask() for _ in range(3)]
     assert defaults not in asked
-    assert TBAOptimizer(space, seed=0, budget=10).ask() != defaults  # random by default
+    assert TBAOptimizer(space, seed=0, budget=10, start="random").ask() != defaults
 
 
 def test_tba_tpe_hands_off_with_every_trial_as_a_warm_start(space) -> None:
