@@ -32,12 +32,11 @@ import time
 from typing import Any
 
 import numpy as np
+from _steps import trial_step
 from scipy.stats import mannwhitneyu
 
-from sloguard.evaluation import TrialStep, slo_from_config
 from sloguard.optimizer import OPTIMIZERS, create_optimizer
 from sloguard.result import TrialResult
-from sloguard.space import SearchSpace
 from sloguard.study import best_trial
 from sloguard.tune import compose_config
 
@@ -63,20 +62,6 @@ GRID: dict[str, list[Any]] = {
 }
 BASELINE = "tba-tpe"
 
-_cache: dict[tuple[str, ...], TrialStep] = {}
-
-
-def _step(overrides: tuple[str, ...], noise: bool) -> TrialStep:
-    """The trial step of a scenario (built once per process; callers must not mutate it)."""
-    key = (*overrides, f"noise={noise}")
-    if key not in _cache:
-        cfg = compose_config(
-            [*overrides, "progress=false"] + ([] if noise else ["backend.noise=0"])
-        )
-        space = SearchSpace.from_config(cfg.space)
-        _cache[key] = TrialStep.from_config(cfg, space, slo_from_config(cfg))
-    return _cache[key]
-
 
 def true_goodput(overrides: tuple[str, ...], params: dict[str, Any]) -> tuple[float, bool, bool]:
     """Noise-free goodput of ``params`` as a study would launch it; feasible; crashed.
@@ -84,7 +69,7 @@ def true_goodput(overrides: tuple[str, ...], params: dict[str, Any]) -> tuple[fl
     Goodput already counts only the requests that met their SLOs, so a configuration that is
     borderline at p99 keeps most of its goodput rather than scoring zero; a crash scores 0.
     """
-    result = _step(overrides, noise=False).evaluate(params, 0).result
+    result = trial_step(overrides, noise=False).evaluate(params, 0).result
     goodput = result.metrics.get("goodput_tok_s", 0.0) if result.crash is None else 0.0
     return goodput, result.feasible, result.crash is not None
 
@@ -111,7 +96,7 @@ def _grid_point(
 def run_one_study(args: tuple[tuple[str, ...], str, int, int]) -> dict[str, Any]:
     """One study without tracking: the trial log stays in memory."""
     overrides, name, seed, budget = args
-    step = dataclasses.replace(_step(overrides, noise=True), seed=seed)
+    step = dataclasses.replace(trial_step(overrides, noise=True), seed=seed)
     optimizer = create_optimizer(
         compose_config([*overrides, f"optimizer={name}"]).optimizer, step.space, seed, budget
     )
@@ -155,7 +140,7 @@ def score(study: dict[str, Any], optimum: float, delta: float) -> dict[str, floa
 
 def overhead_ms(overrides: tuple[str, ...], name: str, history: int = 100) -> float:
     """Mean ask+tell time of the last 10 of ``history`` trials (evaluation excluded)."""
-    step = dataclasses.replace(_step(overrides, noise=True), seed=0)
+    step = dataclasses.replace(trial_step(overrides, noise=True), seed=0)
     optimizer = create_optimizer(
         compose_config([*overrides, f"optimizer={name}"]).optimizer, step.space, 0, history
     )

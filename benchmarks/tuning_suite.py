@@ -17,6 +17,10 @@ scored:
     crash waste   share of the budget spent on trials that crashed, in %.
     to 5%         trials until one measured within 5% of the best known (budget + 1: never).
 
+The optimizers are every one in ``sloguard.optimizer``, baselines included: random, cold TPE
+(crashes as failed trials, psap's way), vLLM's auto_tune grid, the constrained GP and the
+SCOOT-style TPE with a random-forest feasibility screen (``scoot``).
+
 Across problems x seeds: each optimizer's mean rank (1 = lowest regret, ties averaged), its win
 rate against the recommended optimizer, and a paired one-sided Wilcoxon signed-rank test (does the
 recommended one have lower regret?). A problem where nothing feasible is known is reported as such
@@ -34,19 +38,19 @@ import argparse
 import dataclasses
 import json
 import multiprocessing as mp
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _steps import trial_step
 from scipy.stats import rankdata, wilcoxon
 from tqdm import tqdm
 
 from sloguard.config import OPTIMIZER_NAMES
-from sloguard.evaluation import TrialStep, slo_from_config
 from sloguard.optimizer import create_optimizer
 from sloguard.result import TrialResult
-from sloguard.space import SearchSpace
 from sloguard.study import best_trial
 from sloguard.tune import compose_config
 
@@ -113,20 +117,6 @@ RECOMMENDED = "tba-tpe"
 CUTOFFS = (10, 15, 30)
 WITHIN = 0.05  # "to 5%"
 
-_steps: dict[tuple[str, ...], TrialStep] = {}
-
-
-def _step(overrides: tuple[str, ...], noise: bool) -> TrialStep:
-    """The trial step of a problem, built once per process (callers must not mutate it)."""
-    key = (*overrides, f"noise={noise}")
-    if key not in _steps:
-        cfg = compose_config(
-            [*overrides, "progress=false"] + ([] if noise else ["backend.noise=0"])
-        )
-        space = SearchSpace.from_config(cfg.space)
-        _steps[key] = TrialStep.from_config(cfg, space, slo_from_config(cfg))
-    return _steps[key]
-
 
 def _utility(result: TrialResult) -> float:
     """What the problem maximises (goodput tok/s or capacity req/s); 0 unless feasible."""
@@ -135,13 +125,13 @@ def _utility(result: TrialResult) -> float:
 
 def true_utility(overrides: tuple[str, ...], params: dict[str, Any]) -> float:
     """Noise-free utility of ``params`` as a study launches them."""
-    return _utility(_step(overrides, noise=False).evaluate(params, 0).result)
+    return _utility(trial_step(overrides, noise=False).evaluate(params, 0).result)
 
 
 def explore(args: tuple[tuple[str, ...], str, int, int]) -> tuple[float, dict[str, Any] | None]:
     """A noise-free study (random or the grid): its best utility and configuration."""
     overrides, name, seed, budget = args
-    step = dataclasses.replace(_step(overrides, noise=False), seed=seed)
+    step = dataclasses.replace(trial_step(overrides, noise=False), seed=seed)
     cfg = compose_config([*overrides, f"optimizer={name}"])
     records = step.run_untracked(create_optimizer(cfg.optimizer, step.space, seed, budget), budget)
     best = max(records, key=lambda r: _utility(r.result))
@@ -154,7 +144,7 @@ def run_one_study(
     """One study without tracking; its choice at each cutoff re-run noise-free."""
     overrides, name, optimizer_overrides, seed, budget = args
     start = time.perf_counter()
-    step = dataclasses.replace(_step(overrides, noise=True), seed=seed)
+    step = dataclasses.replace(trial_step(overrides, noise=True), seed=seed)
     cfg = compose_config([*overrides, *optimizer_overrides])
     optimizer = create_optimizer(cfg.optimizer, step.space, seed, budget)
     records = step.run_untracked(optimizer, budget)
@@ -286,6 +276,8 @@ def main() -> None:
             parser.error(f"--variant {variant!r}: give NAME:OVERRIDES")
         optimizers[name] = tuple(overrides.split())
     start = time.perf_counter()
+    # one thread per worker process: the GP baseline's PyTorch would otherwise oversubscribe
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     ctx = mp.get_context("spawn")
     with ctx.Pool(args.workers) as pool:
         found = pool.map(

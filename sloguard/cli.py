@@ -29,11 +29,11 @@ _EPILOG = """examples:
       --out conf/hardware/cpu.yaml --measurements calibration/cpu-tiny-random.json
 
 Overrides are Hydra's: group=option (model, hardware, slo, workload, optimizer, backend,
-space) or key=value (seed, budget, resume, slo.ttft_ms, space.max_num_seqs.high, ...)."""
+space, prior) or key=value (seed, budget, resume, slo.ttft_ms, space.max_num_seqs.high, ...)."""
 
 
 _OVERRIDES = """overrides (Hydra's):
-  group=option       model, hardware, slo, workload, optimizer, backend, space
+  group=option       model, hardware, slo, workload, optimizer, backend, space, prior
                      (e.g. model=llama-3.1-8b workload=mixed backend=vllm-cpu)
   key=value          any value, e.g. seed=7 budget=30 slo.ttft_ms=300
                      space.max_num_seqs.high=256 backend.scheduler=slos-serve
@@ -52,6 +52,7 @@ default) and measured, and the study is tracked in MLflow (one run, a nested run
 examples:
   sloguard tune optimizer=tba-tpe seed=42 budget=30
   sloguard tune workload=mixed objective=capacity optimizer=tpe
+  sloguard tune backend=vllm-cpu model=tiny-random hardware=cpu space=cpu-small prior=sim
   sloguard tune -m seed=42,142 optimizer=random,tpe comparison=mine""",
     "evaluate": f"""usage: sloguard evaluate [--cfg job] [overrides ...]
 

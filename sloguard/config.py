@@ -8,10 +8,14 @@ a type cannot express (a negative budget, an SLO of zero, a range with ``low > h
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import ipaddress
 import os
 import re
+import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -24,14 +28,21 @@ from sloguard.exceptions import ConfigError
 OBJECTIVES: tuple[str, ...] = ("goodput", "capacity")
 # the optimizers' names (sloguard.optimizer.OPTIMIZERS builds them), here so that validating a
 # command line loads no optimizer library
-OPTIMIZER_NAMES: tuple[str, ...] = ("random", "tpe", "tba", "tba-tpe", "constrained-bo", "grid")
+OPTIMIZER_NAMES: tuple[str, ...] = (
+    "random",
+    "tpe",
+    "tba",
+    "tba-tpe",
+    "constrained-bo",
+    "grid",
+    "scoot",
+)
 SCHEDULERS: tuple[str, ...] = ("vllm", "slos-serve")
 KV_CACHE_DTYPES: tuple[str, ...] = ("auto", "fp8")  # vLLM's --kv-cache-dtype (auto: the model's)
-TBA_STARTS: tuple[str, ...] = (
-    "random",
-    "defaults",
-)  # tba's first trials  # the simulator's scheduling policies
+TBA_STARTS: tuple[str, ...] = ("random", "defaults")  # tba's first trials
+PRIORS: tuple[str, ...] = ("none", "sim")  # where a study's prior comes from (sloguard.prior)
 ROUTER_NAMES: tuple[str, ...] = ("round-robin", "least-loaded", "slo-aware")
+CONF_DIR = Path(os.environ.get("SLOGUARD_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
@@ -209,6 +220,9 @@ class OptimizerConfig:
     grid_max_num_batched_tokens: list[int] = num([512, 1024, 2048, 4096, 8192], ge=1)
     grid_util_start: float = num(0.95, gt=0, le=1)
     grid_util_step: float = num(0.05, gt=0, le=1)
+    # scoot: the random forest's probability-of-feasibility threshold and its step per trial
+    pof_threshold: float = num(0.5, ge=0, le=1)
+    pof_step: float = num(0.1, ge=0, le=1)
 
 
 @dataclass
@@ -350,6 +364,19 @@ class CapacityConfig:
 
 
 @dataclass
+class PriorConfig:
+    """A cheaper fidelity's study run first (``sim``: the simulator, see :mod:`sloguard.prior`).
+
+    The real study starts with the prior's ``top_k`` best feasible configurations, and its
+    optimizer's feasibility model learns from every prior trial.
+    """
+
+    name: str = text("none")
+    trials: int = num(40, ge=1, large=10000)
+    top_k: int = num(3, ge=0, large=1000)
+
+
+@dataclass
 class TrackingConfig:
     """MLflow settings; ``uri`` null means $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db."""
 
@@ -369,6 +396,7 @@ class Config:
     optimizer: OptimizerConfig = MISSING
     backend: BackendConfig = MISSING
     space: SpaceConfig = MISSING
+    prior: PriorConfig = MISSING
     knobs: KnobsConfig = field(default_factory=KnobsConfig)
     objective: str = "goodput"  # goodput | capacity (req/s at the attainment target)
     capacity: CapacityConfig = field(default_factory=CapacityConfig)
@@ -400,6 +428,34 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="sloguard_schema", node=Config)
 
 
+@functools.cache
+def schema_defaults() -> dict[str, Any]:
+    """Every key's schema default as dotted keys (``prior.name`` -> ``"none"``); keys that a
+    group option must set are left out."""
+    hints = typing.get_type_hints(Config)
+    defaults: dict[str, Any] = {}
+    for f in dataclasses.fields(Config):
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            node = OmegaConf.structured(kind)
+            defaults[f.name] = OmegaConf.to_container(node, throw_on_missing=False)
+        elif f.default is not dataclasses.MISSING:
+            defaults[f.name] = f.default
+    return {k: v for k, v in flatten(defaults).items() if v != MISSING}
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts into dotted keys (lists are kept as values)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
 def to_container(cfg: DictConfig) -> dict[str, Any]:
     """Resolve a composed config into plain Python containers."""
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
@@ -421,6 +477,7 @@ def validate(cfg: DictConfig) -> Config:
         raise ConfigError(f"{getattr(e, 'full_key', '') or 'config'}: {first}") from None
     check_domains(typed, allow_large=typed.allow_large)
     _check_choice("optimizer.name", cfg.optimizer.name, sorted(OPTIMIZER_NAMES))
+    _check_choice("prior.name", cfg.prior.name, PRIORS)
     _check_study(cfg)
     _check_choice("objective", cfg.objective, OBJECTIVES)
     if cfg.objective == "capacity":

@@ -17,7 +17,6 @@ import math
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import hydra
 from hydra import compose, initialize_config_dir
@@ -30,7 +29,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from sloguard import signals
 from sloguard.backends import BackendSettings, backend_class
-from sloguard.config import register_configs, validate
+from sloguard.config import CONF_DIR, register_configs, validate
 from sloguard.deploy import serve_command, simulated_only
 from sloguard.evaluation import check_load_fits, slo_from_config, workload_from_config
 from sloguard.exceptions import ConfigError, DiskFull
@@ -38,7 +37,6 @@ from sloguard.model_card import resolve_model
 from sloguard.result import TrialRecord
 from sloguard.slo_contract import SloContract, shortfalls
 
-CONF_DIR = Path(os.environ.get("SLOGUARD_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
 # Hydra flags after which validation is skipped (they print, they do not run)
 _INFO_FLAGS = {
     "--help",
@@ -259,7 +257,7 @@ def _resume_hint(cfg: DictConfig, study: str | None) -> str:
     return "run the same command again" if cfg.study_name else f"add study_name={study}"
 
 
-_GROUPS = ("model", "hardware", "slo", "workload", "optimizer", "backend", "space")
+_GROUPS = ("model", "hardware", "slo", "workload", "optimizer", "backend", "space", "prior")
 
 
 def _missing_option(e: MissingConfigException) -> str:

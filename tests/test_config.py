@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from sloguard.config import flatten, schema_defaults, to_container
 from sloguard.exceptions import ConfigError
 from sloguard.tune import check_overrides
 from tests.conftest import REPO, run_cli
@@ -13,7 +14,16 @@ OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((REPO / "conf" / g).glob(
 
 
 def test_every_group_has_options() -> None:
-    assert GROUPS == ["backend", "hardware", "model", "optimizer", "slo", "space", "workload"]
+    assert GROUPS == [
+        "backend",
+        "hardware",
+        "model",
+        "optimizer",
+        "prior",
+        "slo",
+        "space",
+        "workload",
+    ]
     assert {"qwen2-1.5b", "llama-3.1-8b", "tiny-random"} <= {o for g, o in OPTIONS if g == "model"}
     assert {"a100-40gb", "h100-80gb", "l4-24gb", "cpu"} <= {
         o for g, o in OPTIONS if g == "hardware"
@@ -46,7 +56,7 @@ def test_defaults_are_the_seed_setting(compose) -> None:
         (
             "optimizer=foo",
             "optimizer='foo' is not known; choose one of: constrained-bo, grid, "
-            "random, tba, tba-tpe, tpe",
+            "random, scoot, tba, tba-tpe, tpe",
         ),
         ("optimizer=tba-tpe optimizer.handoff=0", "optimizer.handoff=0.0 is invalid"),
         ("optimizer=grid optimizer.grid_util_step=0", "optimizer.grid_util_step=0.0 is invalid"),
@@ -172,3 +182,11 @@ def test_cli_rejects_bad_input_and_writes_nothing(
     assert not (tmp_path / "mlflow.db").exists()
     assert not (tmp_path / "studies").exists()
     assert not (tmp_path / "outputs").exists()
+
+
+def test_schema_defaults_are_what_a_key_is_when_nothing_sets_it(compose) -> None:
+    defaults = schema_defaults()
+    assert defaults["prior.name"] == "none" and defaults["optimizer.pof_threshold"] == 0.5
+    assert "model.name" not in defaults  # a group option must set it
+    cfg = flatten(to_container(compose()))
+    assert all(cfg[k] == v for k, v in defaults.items() if k in cfg and k.startswith("prior."))

@@ -8,9 +8,11 @@ from sloguard.optimizer._base import BaseOptimizer
 from sloguard.optimizer._constrained_bo import ConstrainedBOOptimizer
 from sloguard.optimizer._grid import GridOptimizer
 from sloguard.optimizer._random import RandomOptimizer
+from sloguard.optimizer._scoot import ScootOptimizer
 from sloguard.optimizer._tba import TBAOptimizer
 from sloguard.optimizer._tba_tpe import TBATPEOptimizer
 from sloguard.optimizer._tpe import TPEOptimizer
+from sloguard.optimizer._warm_start import WarmStart
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -24,6 +26,7 @@ OPTIMIZERS: dict[str, type[BaseOptimizer]] = {
     "tba-tpe": TBATPEOptimizer,
     "constrained-bo": ConstrainedBOOptimizer,
     "grid": GridOptimizer,
+    "scoot": ScootOptimizer,
 }
 
 
@@ -38,8 +41,10 @@ __all__ = [
     "ConstrainedBOOptimizer",
     "GridOptimizer",
     "RandomOptimizer",
+    "ScootOptimizer",
     "TBAOptimizer",
     "TBATPEOptimizer",
     "TPEOptimizer",
+    "WarmStart",
     "create_optimizer",
 ]

@@ -71,6 +71,13 @@ class BaseOptimizer(abc.ABC):
     def _tell(self, params: dict[str, Any], result: TrialResult) -> None:  # noqa: B027
         """Learn from a result; the default learns nothing."""
 
+    def prime(self, history: Sequence[tuple[dict[str, Any], TrialResult]]) -> None:  # noqa: B027
+        """Learn from another fidelity's trials before the first ask (e.g. the simulator's).
+
+        They are a prior, not results of this study: an optimizer with a feasibility model
+        learns where configurations crash or miss the SLO from them; the default ignores them.
+        """
+
     @property
     def phase(self) -> str:
         """Which phase the last ask belonged to (two-phase optimizers override this)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -83,6 +84,9 @@ class TBAOptimizer(BaseOptimizer):
         self.encoded: list[np.ndarray] = []  # self.params in unit coordinates
         self.results: list[TrialResult] = []
         self.current: int | None = None  # index of the current point in the history
+        # another fidelity's trials (prime): encoded points and labels for the surrogate only
+        self.prior_x: list[np.ndarray] = []
+        self.prior_labels: list[int] = []
 
     @classmethod
     def from_config(
@@ -120,7 +124,7 @@ class TBAOptimizer(BaseOptimizer):
         allowed = [c for c in fresh if not self.blacklist.blocks(c)]
         if not allowed:
             allowed = self._unblocked_draw(rng, running)
-        if self.n_told < self.n_initial:
+        if self.n_told < self.n_initial and not self.prior_labels:
             return allowed[0]
         return allowed[int(np.argmax(self._acquisition(allowed, rng)))]
 
@@ -131,13 +135,23 @@ class TBAOptimizer(BaseOptimizer):
         self.blacklist.update(params, crashed=result.crash is not None, feasible=result.feasible)
         self._move(len(self.params) - 1)
 
+    def prime(self, history: Sequence[tuple[dict[str, Any], TrialResult]]) -> None:
+        """Add ``history`` to what the feasibility surrogate learns from (not to the annealing).
+
+        A primed TBA scores even its first uniform draws with the surrogate.
+        """
+        for params, result in history:
+            self.prior_x.append(encode(self.space, params))
+            self.prior_labels.append(_label(result))
+
     def _acquisition(
         self, candidates: list[dict[str, Any]], rng: np.random.Generator
     ) -> np.ndarray:
         x = np.stack([encode(self.space, c) for c in candidates])
-        history = np.stack(self.encoded)
-        labels = np.array([_label(r) for r in self.results])
-        self.surrogate.fit(history, labels, seed=int(rng.integers(2**31 - 1)))
+        labels = np.array(self.prior_labels + [_label(r) for r in self.results])
+        self.surrogate.fit(
+            np.stack(self.prior_x + self.encoded), labels, seed=int(rng.integers(2**31 - 1))
+        )
         p_crash, p_feasible = self.surrogate.predict(x)
         score = np.log(p_feasible + 0.05)
         score[p_crash > self.crash_threshold] -= 1e6
@@ -151,6 +165,7 @@ class TBAOptimizer(BaseOptimizer):
             n_good = max(1, math.ceil(self.gamma * len(scored)))
             good = set(scored[:n_good])
             mask = np.array([i in good for i in range(len(self.params))])
+            history = np.stack(self.encoded)
             score += ParzenRatio(history[mask], history[~mask]).score(x)
         return score + rng.uniform(0.0, 1e-6, len(candidates))
 

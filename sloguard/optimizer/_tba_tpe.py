@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from sloguard.optimizer._base import BaseOptimizer
@@ -60,6 +61,10 @@ class TBATPEOptimizer(BaseOptimizer):
 
     def _ask(self) -> dict[str, Any]:
         return (self.tba if self.phase == "explore" else self.tpe).ask(self.number, self.running)
+
+    def prime(self, history: Sequence[tuple[dict[str, Any], TrialResult]]) -> None:
+        """Prime the exploring TBA's feasibility surrogate."""
+        self.tba.prime(history)
 
     def _tell(self, params: dict[str, Any], result: TrialResult) -> None:
         self.tba.tell(params, result)

@@ -31,7 +31,8 @@ from sloguard.deploy import SERVE_CONFIG, serve_command, serve_config
 from sloguard.evaluation import TrialStep, slo_from_config
 from sloguard.exceptions import NO_SPACE_ERRNOS, ConfigError, DiskFull, Interrupted
 from sloguard.gpu_profile import visible_gpus
-from sloguard.optimizer import create_optimizer
+from sloguard.optimizer import BaseOptimizer, create_optimizer
+from sloguard.prior import simulate_prior
 from sloguard.space import SearchSpace
 from sloguard.study import _liveness
 from sloguard.study._mirror import MirrorReport, reconcile
@@ -178,7 +179,15 @@ def make_worker(
     step = TrialStep.from_config(
         cfg, space, slo_from_config(cfg), log_dir=handle.directory / "server-logs"
     )
-    proposer = Proposer(lambda: create_optimizer(cfg.optimizer, space, cfg.seed, cfg.budget))
+    prior = simulate_prior(cfg)
+    if prior is not None:
+        print(prior.describe(), file=sys.stderr)
+
+    def make_optimizer() -> BaseOptimizer:
+        optimizer = create_optimizer(cfg.optimizer, space, cfg.seed, cfg.budget)
+        return optimizer if prior is None else prior.warm_start(optimizer)
+
+    proposer = Proposer(make_optimizer)
     settings = WorkerSettings(
         heartbeat_interval=cfg.heartbeat_interval,
         log_requests=cfg.tracking.log_requests,

@@ -25,13 +25,13 @@ from omegaconf import OmegaConf
 from optuna.exceptions import DuplicatedStudyError
 from optuna.trial import TrialState
 
-from sloguard.config import check_study_name, to_container
+from sloguard.config import check_study_name, flatten, schema_defaults, to_container
 from sloguard.exceptions import ConfigError
 from sloguard.redaction import mask, redact_config
 from sloguard.study import _liveness
 from sloguard.study._storage import StorageSpec, iter_journal_studies
 from sloguard.study._trials import Slots, enqueue_numbers, requeue
-from sloguard.tracking import StudyTracker, flatten, mlflow_client, names, resolve_tracking_uri
+from sloguard.tracking import StudyTracker, mlflow_client, names, resolve_tracking_uri
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -94,9 +94,31 @@ def config_hash(cfg: DictConfig) -> str:
 
 def config_diff(stored: dict[str, Any], current: dict[str, Any]) -> str:
     """The dotted keys in which two hashed configurations differ (the first five)."""
-    now, old = flatten(current), flatten(stored)
-    keys = sorted(k for k in now.keys() | old.keys() if now.get(k) != old.get(k))
+    keys = _differences(stored, current)
     return ", ".join(keys[:5]) + (" ..." if len(keys) > 5 else "") if keys else "unknown"
+
+
+def same_config(attrs: dict[str, Any], cfg: DictConfig, digest: str) -> bool:
+    """Whether a study with user attributes ``attrs`` measures what ``cfg`` does.
+
+    A study stored by an earlier version lacks the keys added since; each counts as the same
+    when ``cfg`` leaves it at its schema default (the earlier version behaved so), so an
+    upgrade does not orphan a study in progress.
+    """
+    if attrs.get(CONFIG_HASH_ATTR) == digest:
+        return True
+    stored = attrs.get(CONFIG_ATTR)
+    return stored is not None and not _differences(stored, hashed_config(cfg))
+
+
+def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    now, old, defaults = flatten(current), flatten(stored), schema_defaults()
+    return sorted(
+        k
+        for k in now.keys() | old.keys()
+        if now.get(k) != old.get(k)
+        and not (k not in old and k in defaults and now[k] == defaults[k])
+    )
 
 
 @dataclass
@@ -354,7 +376,7 @@ def _check_same_config(study: optuna.Study, name: str, cfg: DictConfig, digest: 
         if attrs.get(READY_ATTR) is None and CREATOR_ATTR not in attrs:
             return  # being created right now; checked again once ready
         raise ConfigError(f"study_name={name!r} is not a SLO-Guard study; choose another name")
-    if attrs[CONFIG_HASH_ATTR] != digest:
+    if not same_config(attrs, cfg, digest):
         raise ConfigError(
             f"study_name={name!r} was run with another configuration (differs in: "
             f"{config_diff(attrs.get(CONFIG_ATTR, {}), hashed_config(cfg))}); choose another "
@@ -374,7 +396,7 @@ def _find_resumable(cfg: DictConfig, spec: StorageSpec, digest: str) -> str | No
         ]
     for storage in storages:
         for frozen in storage.get_all_studies():
-            if frozen.user_attrs.get(CONFIG_HASH_ATTR) == digest:
+            if same_config(frozen.user_attrs, cfg, digest):
                 candidates.append((frozen.user_attrs.get(CREATED_ATTR, 0.0), frozen.study_name))
     return max(candidates)[1] if candidates else None
 

@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
+from sloguard.config import flatten
 from sloguard.exceptions import ConfigError
 from sloguard.redaction import mask
 from sloguard.tracking import names
@@ -56,18 +57,6 @@ _DUPLICATE_RETRIES = 3
 def resolve_tracking_uri(configured: str | None) -> str:
     """The config's URI, else $MLFLOW_TRACKING_URI, else ``sqlite:///mlflow.db``."""
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-
-
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten nested dicts into dotted keys (lists are kept as values)."""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
 
 
 @contextlib.contextmanager

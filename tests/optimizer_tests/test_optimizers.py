@@ -16,6 +16,17 @@ def _score(params: dict) -> TrialResult:
     return TrialResult(params, feasible=True, utility=float(params["max_num_seqs"]))
 
 
+def _crashes(opt, n: int) -> int:
+    """Crashes among ``n`` asks of ``opt`` on :func:`_score`."""
+    crashed = 0
+    for _ in range(n):
+        params = opt.ask()
+        result = _score(params)
+        crashed += result.crash is not None
+        opt.tell(params, result)
+    return crashed
+
+
 def test_config_knows_every_optimizer_by_name() -> None:
     """Validation checks names from config (no optimizer library loaded): the same set."""
     assert tuple(OPTIMIZERS) == OPTIMIZER_NAMES

@@ -9,6 +9,7 @@ import pytest
 
 from sloguard.exceptions import ConfigError
 from sloguard.study import best_trial, run_study
+from sloguard.study._study import CONFIG_ATTR, CONFIG_HASH_ATTR
 from tests.study_tests.conftest import FAST, load_study, mlflow_runs, records
 
 
@@ -110,6 +111,28 @@ def test_another_configuration_under_the_same_name_is_refused_untouched(
         run_study(compose(*FAST, "budget=2", "study_name=keep", "workload.num_requests=30"))
     assert journal.read_bytes() == before
     assert len(mlflow_runs(study_env["MLFLOW_TRACKING_URI"])) == runs_before
+
+
+def _as_an_earlier_version_stored_it(study_env, name: str) -> None:
+    """Drop the keys added since (the prior) from the stored config, and its hash with them."""
+    study = load_study(Path(study_env["SLOGUARD_STUDY_DIR"]), name)
+    config = dict(study.user_attrs[CONFIG_ATTR])
+    del config["prior"]
+    study.set_user_attr(CONFIG_ATTR, config)
+    study.set_user_attr(CONFIG_HASH_ATTR, "from-an-earlier-version")
+
+
+def test_a_study_stored_by_an_earlier_version_continues_after_an_upgrade(
+    compose, study_env
+) -> None:
+    """Keys added since count as the same while left at their defaults; set, they differ."""
+    run_study(compose(*FAST, "budget=2", "study_name=old"))
+    _as_an_earlier_version_stored_it(study_env, "old")
+    with pytest.raises(ConfigError, match=r"differs in: prior.name"):
+        run_study(compose(*FAST, "budget=3", "study_name=old", "prior=sim"))
+    assert len(run_study(compose(*FAST, "budget=3", "study_name=old")).records) == 3
+    again = run_study(compose(*FAST, "budget=4", "resume=true"))
+    assert again.study_name == "old" and len(again.records) == 4
 
 
 def test_bad_storage_and_tracking_uris_write_nothing(compose, study_env, tmp_path) -> None:
