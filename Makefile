@@ -24,7 +24,7 @@ tiny-model:  ## the tiny random-weight Qwen2 model + tokenizer in models/tiny-ra
 	$(VLLM_BIN)/python sloguard/tiny_model.py --config conf/model/tiny-random.yaml
 
 study:  ## one 15-trial TPE study on the embedded simulator, tracked in MLflow
-	PATH="$(BIN):$$PATH" mlflow run . --env-manager local --experiment-name sloguard -P optimizer=tpe -P seed=42
+	PATH="$(BIN):$$PATH" mlflow run . --env-manager local --experiment-name sloguard -P optimizer=tba-tpe -P seed=42
 
 test:  ## the whole test suite (14-19 minutes on 2 cores, real vLLM and PostgreSQL tests included)
 	$(BIN)/python -m pytest -q

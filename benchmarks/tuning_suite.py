@@ -40,11 +40,13 @@ import json
 import multiprocessing as mp
 import os
 import time
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from _steps import trial_step
+from omegaconf import DictConfig
 from scipy.stats import rankdata, wilcoxon
 from tqdm import tqdm
 
@@ -123,9 +125,20 @@ def _utility(result: TrialResult) -> float:
     return float(result.utility or 0.0) if result.feasible else 0.0
 
 
+@cache
+def _true_utility(overrides: tuple[str, ...], params: tuple[tuple[str, Any], ...]) -> float:
+    return _utility(trial_step(overrides, noise=False).evaluate(dict(params), 0).result)
+
+
 def true_utility(overrides: tuple[str, ...], params: dict[str, Any]) -> float:
-    """Noise-free utility of ``params`` as a study launches them."""
-    return _utility(trial_step(overrides, noise=False).evaluate(params, 0).result)
+    """Noise-free utility of ``params`` as a study launches them (each measured once per
+    process: the noise-free simulator is deterministic)."""
+    return _true_utility(overrides, tuple(sorted(params.items())))
+
+
+@cache
+def _config(overrides: tuple[str, ...]) -> DictConfig:
+    return compose_config(list(overrides))
 
 
 def explore(args: tuple[tuple[str, ...], str, int, int]) -> tuple[float, dict[str, Any] | None]:
@@ -145,7 +158,7 @@ def run_one_study(
     overrides, name, optimizer_overrides, seed, budget = args
     start = time.perf_counter()
     step = dataclasses.replace(trial_step(overrides, noise=True), seed=seed)
-    cfg = compose_config([*overrides, *optimizer_overrides])
+    cfg = _config((*overrides, *optimizer_overrides))
     optimizer = create_optimizer(cfg.optimizer, step.space, seed, budget)
     records = step.run_untracked(optimizer, budget)
     chosen = {}

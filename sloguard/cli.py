@@ -17,7 +17,7 @@ from sloguard.config import to_container
 from sloguard.exceptions import ConfigError
 
 _EPILOG = """examples:
-  sloguard tune optimizer=tpe seed=42
+  sloguard tune optimizer=tba-tpe seed=42
   sloguard tune -m seed=42,142 optimizer=random,tpe
   sloguard evaluate knobs.max_num_seqs=32 knobs.enforce_eager=true
   sloguard evaluate model=llama-3.1-8b hardware=l4-24gb knobs.gpu_memory_utilization=0.7

@@ -42,8 +42,8 @@ def hopeless(
         classes: Per-request classes of a multi-SLO workload (attainment decides).
         until: Count only requests finished by this time (seconds from the window's start);
             failures count only when it is infinite (a live window, where they are known).
-        cache: Each finished request's (TTFT missed, ITL gaps missed), kept across the checks of
-            one live window so a request is measured once.
+        cache: Each finished request's (TTFT missed, ITL gaps missed), or with classes (deadline
+            missed, 0), kept across the checks of one window so a request is measured once.
     """
     done = [r for r in records if r.success and r.token_times[-1] <= until]
     failed = (
@@ -52,7 +52,7 @@ def hopeless(
         else []
     )
     if classes is not None:
-        return _attainment_lost(records, done, failed, slo, classes)
+        return _attainment_lost(records, done, failed, slo, classes, cache)
     share = slo_contract.allowed_failure_fraction(slo)
     allowed = share * len(records)
     if len(failed) > allowed + 1e-9:
@@ -97,15 +97,14 @@ def _attainment_lost(
     failed: list[RequestRecord],
     slo: SloContract,
     classes: RequestClasses,
+    cache: dict[int, tuple[bool, int]] | None,
 ) -> str | None:
     """Sessions already missed beyond what the attainment target allows."""
     ids = [r.request_id for r in records]
     sessions = int(np.sum(classes.sessions[ids] == ids))
     missed = {int(classes.sessions[r.request_id]) for r in failed}
     missed |= {
-        int(classes.sessions[r.request_id])
-        for r in done
-        if not classes.meets_slo(r.request_id, r.send_time, r.token_times)
+        int(classes.sessions[r.request_id]) for r in done if _missed_deadline(r, classes, cache)
     }
     allowed = (1.0 - slo.attainment_target) * sessions
     if len(missed) > allowed + 1e-9:
@@ -116,6 +115,18 @@ def _attainment_lost(
     return None
 
 
+def _missed_deadline(
+    record: RequestRecord, classes: RequestClasses, cache: dict[int, tuple[bool, int]] | None
+) -> bool:
+    """Whether a finished request of a class missed its TTFT or a token deadline."""
+    if cache is not None and record.request_id in cache:
+        return cache[record.request_id][0]
+    missed = not classes.meets_slo(record.request_id, record.send_time, record.token_times)
+    if cache is not None:
+        cache[record.request_id] = (missed, 0)
+    return missed
+
+
 def truncate(
     records: Sequence[RequestRecord], slo: SloContract, classes: RequestClasses | None = None
 ) -> tuple[list[RequestRecord], float, str] | None:
@@ -123,17 +134,18 @@ def truncate(
     time and the reason; ``None`` if it never would have (the simulator's early abort).
     """
     ends = sorted({float(r.token_times[-1]) for r in records if r.success})
-    if not ends or hopeless(records, slo, classes, until=ends[-1]) is None:
+    measured: dict[int, tuple[bool, int]] = {}
+    if not ends or hopeless(records, slo, classes, until=ends[-1], cache=measured) is None:
         return None
     lo, hi = 0, len(ends) - 1  # misses only accumulate: bisect on the first hopeless time
     while lo < hi:
         mid = (lo + hi) // 2
-        if hopeless(records, slo, classes, until=ends[mid]) is None:
+        if hopeless(records, slo, classes, until=ends[mid], cache=measured) is None:
             lo = mid + 1
         else:
             hi = mid
     at = ends[lo]
-    reason = hopeless(records, slo, classes, until=at)
+    reason = hopeless(records, slo, classes, until=at, cache=measured)
     assert reason is not None
     kept = [r for r in records if r.success and r.token_times[-1] <= at]
     return kept, at, reason

@@ -64,8 +64,15 @@ def crash_constraints(result: TrialResult) -> dict[str, float]:
 
 
 def objective_value(result: TrialResult) -> float:
-    """Goodput, the objective a constrained sampler models (0 for a crash)."""
-    return float(result.metrics.get("goodput_tok_s", 0.0)) if result.crash is None else 0.0
+    """The objective's figure, which a constrained sampler models whether or not the trial met
+    the SLO: capacity (req/s) for a capacity search, else goodput (tok/s); 0 for a crash.
+
+    For a feasible trial it is its utility.
+    """
+    if result.crash is not None:
+        return 0.0
+    metrics = result.metrics
+    return float(metrics.get("capacity_rps", metrics.get("goodput_tok_s", 0.0)))
 
 
 class TPEOptimizer(BaseOptimizer):

@@ -75,9 +75,10 @@ def test_crashes_are_failed_trials_with_their_category(compose, study_env) -> No
 
 
 def test_a_larger_budget_continues_exactly_as_an_uninterrupted_study(compose, study_env) -> None:
-    straight = run_study(compose(*FAST, "budget=8", "study_name=straight"))
-    run_study(compose(*FAST, "budget=3", "study_name=parts"))
-    resumed = run_study(compose(*FAST, "budget=8", "study_name=parts"))
+    # TPE's proposals do not depend on the budget (TBA's annealing and handoff do: below)
+    straight = run_study(compose(*FAST, "optimizer=tpe", "budget=8", "study_name=straight"))
+    run_study(compose(*FAST, "optimizer=tpe", "budget=3", "study_name=parts"))
+    resumed = run_study(compose(*FAST, "optimizer=tpe", "budget=8", "study_name=parts"))
     assert [r.params for r in resumed.records] == [r.params for r in straight.records]
     assert [r.result.metrics for r in resumed.records] == [
         r.result.metrics for r in straight.records
@@ -86,6 +87,15 @@ def test_a_larger_budget_continues_exactly_as_an_uninterrupted_study(compose, st
     assert (runs["tags.sloguard.role"] == "study").sum() == 1  # the same run, continued
     trials = runs[runs["tags.sloguard.role"] == "trial"]
     assert sorted(trials["tags.sloguard.trial_number"].astype(int)) == list(range(8))
+
+
+def test_a_larger_budget_keeps_a_budget_aware_optimizers_trials(compose, study_env) -> None:
+    first = run_study(compose(*FAST, "optimizer=tba-tpe", "budget=3", "study_name=tt"))
+    more = run_study(compose(*FAST, "optimizer=tba-tpe", "budget=8", "study_name=tt"))
+    assert [r.params for r in more.records[:3]] == [r.params for r in first.records]
+    assert [r.number for r in more.records] == list(range(8))
+    # the new trials follow the new budget's handoff (40% of 8: trials 0-2 explore)
+    assert [r.phase for r in more.records] == [r.phase for r in first.records] + ["exploit"] * 5
 
 
 def test_resume_finds_the_newest_study_of_this_config(compose, study_env) -> None:
