@@ -323,6 +323,8 @@ class SpaceConfig:
     enable_prefix_caching: BoolChoiceConfig = field(default_factory=BoolChoiceConfig)
     # more vLLM engine arguments, searched when given; the first choice is the default
     kv_cache_dtype: list[str] = field(default_factory=list)  # e.g. [auto,fp8]
+    # per-request prefill tokens per step (0: no cap), e.g. [0,256,1024]
+    long_prefill_token_threshold: list[int] = field(default_factory=list)
     # the simulator's serving choices, searched when given (the sim backend only); the first
     # choice is the default, e.g. space.scheduler=[vllm,slos-serve] space.replicas=[1,2,4]
     scheduler: list[str] = field(default_factory=list)
@@ -346,6 +348,9 @@ class KnobsConfig:
     enforce_eager: bool | None = None
     enable_chunked_prefill: bool | None = None
     enable_prefix_caching: bool | None = None
+    # optional knobs: the space must list them (space.kv_cache_dtype=[...])
+    kv_cache_dtype: str | None = None
+    long_prefill_token_threshold: int | None = num(None, ge=0)
 
 
 @dataclass
@@ -507,6 +512,8 @@ def validate(cfg: DictConfig) -> Config:
     _check_network(cfg.backend)
     space = SearchSpace.from_config(cfg.space)  # raises ConfigError on a bad range
     fixed = {k: v for k, v in to_container(cfg.knobs).items() if v is not None}
+    if "kv_cache_dtype" in fixed:
+        _check_choice("knobs.kv_cache_dtype", fixed["kv_cache_dtype"], KV_CACHE_DTYPES)
     space.check_values(fixed, where="knobs")
     return typed
 
@@ -527,6 +534,12 @@ def _check_serving(backend: DictConfig, space: DictConfig) -> None:
     for replicas in space.replicas:
         if not 1 <= replicas <= 64:
             raise ConfigError(f"space.replicas has {replicas}; each must be in [1, 64]")
+    for threshold in space.long_prefill_token_threshold:  # vLLM: Field(ge=0)
+        if threshold < 0:
+            raise ConfigError(
+                f"space.long_prefill_token_threshold has {threshold}; each must be >= 0 "
+                "(0: no cap)"
+            )
     if backend.name == "sim":
         return
     asked = [

@@ -32,6 +32,8 @@ def knob_flags(knobs: dict[str, Any]) -> list[str]:
         flags += ["--quantization", knobs["quantization"]]
     if knobs.get("kv_cache_dtype", "auto") != "auto":
         flags += ["--kv-cache-dtype", knobs["kv_cache_dtype"]]
+    if knobs.get("long_prefill_token_threshold", 0):
+        flags += ["--long-prefill-token-threshold", str(knobs["long_prefill_token_threshold"])]
     return flags
 
 
@@ -52,7 +54,8 @@ def serve_config(knobs: dict[str, Any]) -> str:
 def simulated_only(knobs: dict[str, Any]) -> dict[str, Any]:
     """The knobs no vLLM flag sets (the simulator's scheduler, replicas, router, speculation)."""
     launched = {"quantization", "max_num_seqs", "max_num_batched_tokens", "max_model_len"}
-    launched |= {"gpu_memory_utilization", "kv_cache_dtype", *BOOL_FLAGS}
+    launched |= {"gpu_memory_utilization", "kv_cache_dtype", "long_prefill_token_threshold"}
+    launched |= set(BOOL_FLAGS)
     return {k: v for k, v in knobs.items() if k not in launched}
 
 

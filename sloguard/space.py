@@ -28,7 +28,7 @@ KNOB_NAMES: tuple[str, ...] = (
     "enable_prefix_caching",
 )
 # vLLM engine arguments beyond the seed's eight: knobs only where the space lists their choices
-ENGINE_EXTRAS: tuple[str, ...] = ("kv_cache_dtype",)
+ENGINE_EXTRAS: tuple[str, ...] = ("kv_cache_dtype", "long_prefill_token_threshold")
 # the simulator's serving choices, knobs of the space only where the space gives them
 SERVING_KNOBS: tuple[str, ...] = ("scheduler", "replicas", "router", "spec_decode")
 OPTIONAL_KNOBS: tuple[str, ...] = ENGINE_EXTRAS + SERVING_KNOBS
@@ -263,7 +263,8 @@ class SearchSpace:
         """Make a complete config launchable the way vLLM needs it.
 
         Caps ``max_model_len`` at the model's context, raises ``max_num_batched_tokens`` to at
-        least ``max_num_seqs``, and to at least ``max_model_len`` when chunked prefill is off.
+        least ``max_num_seqs``, and to at least ``max_model_len`` when chunked prefill is off,
+        and caps ``long_prefill_token_threshold`` at ``max_model_len``.
         With repair disabled the config is returned unchanged, so vLLM's refusals reproduce.
         """
         fixed = dict(config)
@@ -287,6 +288,12 @@ class SearchSpace:
                 "max_num_batched_tokens",
                 fixed["max_model_len"],
                 "chunked prefill off needs >= max_model_len",
+            )
+        if fixed.get("long_prefill_token_threshold", 0) > fixed["max_model_len"]:
+            _set(
+                "long_prefill_token_threshold",
+                fixed["max_model_len"],
+                "must be <= max_model_len",
             )
         return Repair(fixed, tuple(changes))
 

@@ -67,6 +67,10 @@ def test_defaults_are_the_seed_setting(compose) -> None:
         ),
         ("hardware.kv_cache_dtypes=[int4]", "hardware.kv_cache_dtypes='int4' is not known"),
         (
+            "space.long_prefill_token_threshold=[0,-64]",
+            "space.long_prefill_token_threshold has -64; each must be >= 0",
+        ),
+        (
             "optimizer=tba optimizer.start=best",
             "optimizer.start='best' is not known; choose one of: random, defaults",
         ),
@@ -81,6 +85,13 @@ def test_defaults_are_the_seed_setting(compose) -> None:
         ("space.quantization.choices=[int3]", "'int3' is not known"),
         ("knobs.max_num_seq=3", "'knobs.max_num_seq' is not known"),
         ("knobs.gpu_memory_utilization=1.5", "must be a finite number > 0 and <= 1"),
+        ("knobs.kv_cache_dtype=fp4", "knobs.kv_cache_dtype='fp4' is not known"),
+        ("knobs.long_prefill_token_threshold=-1", "knobs.long_prefill_token_threshold=-1 is"),
+        (
+            "knobs.long_prefill_token_threshold=256",
+            "knob 'long_prefill_token_threshold' is not in this space; it is searched when the "
+            "space gives its choices (space.long_prefill_token_threshold=[...])",
+        ),
         ("workload.arrival=fast", "workload.arrival='fast' is not known"),
         ("optimizer.name=bogus", "optimizer.name='bogus' is not known"),
         (

@@ -27,6 +27,9 @@ def test_a_serve_line_a_user_can_paste() -> None:
     fp8 = serve_command("m", {**KNOBS, "kv_cache_dtype": "fp8"})
     assert fp8.endswith("--enable-prefix-caching --kv-cache-dtype fp8")
     assert "kv-cache-dtype" not in serve_command("m", {**KNOBS, "kv_cache_dtype": "auto"})
+    capped = serve_command("m", {**KNOBS, "long_prefill_token_threshold": 512})
+    assert capped.endswith("--enable-prefix-caching --long-prefill-token-threshold 512")
+    assert "threshold" not in serve_command("m", {**KNOBS, "long_prefill_token_threshold": 0})
 
 
 def test_the_config_file_has_vllms_flag_names() -> None:
@@ -45,6 +48,7 @@ def test_the_config_file_has_vllms_flag_names() -> None:
 
 def test_the_simulators_own_choices_are_named_apart() -> None:
     assert simulated_only({**KNOBS, "kv_cache_dtype": "fp8"}) == {}  # a vLLM flag
+    assert simulated_only({**KNOBS, "long_prefill_token_threshold": 256}) == {}
     assert simulated_only({**KNOBS, "scheduler": "slos-serve", "replicas": 2}) == {
         "scheduler": "slos-serve",
         "replicas": 2,

@@ -222,6 +222,11 @@ RULES: tuple[Rule, ...] = (
         "config.py SchedulerConfig._verify_args, config/scheduler.py verify_max_model_len",
     ),
     _rule(
+        CONFIG, "long_prefill_threshold_above_max_model_len",
+        r"long_prefill_token_threshold \(\d+\) cannot be greater than the max_model_len",
+        "config/scheduler.py SchedulerConfig.verify_max_model_len (0.32; 0.11: _verify_args)",
+    ),
+    _rule(
         CONFIG, "batched_tokens_below_num_seqs",
         r"max_num_batched_tokens \(\d+\) must be greater than or equal to max_num_seqs",
         "config.py SchedulerConfig._verify_args, config/scheduler.py",

@@ -132,6 +132,7 @@ def test_unexplained_failures_are_unknown_with_evidence() -> None:
         ("model=llama-3.1-8b", "hardware=l4-24gb", "hardware.used_by_others_gb=3"),
         ("model=qwen2-1.5b", "hardware=cpu", "space.max_num_batched_tokens.low=16"),
         ("model=qwen2-1.5b", "hardware=t4-16gb", "space.kv_cache_dtype=[auto,fp8]"),
+        ("model=llama-3.1-8b", "hardware=l4-24gb", "space.long_prefill_token_threshold=[0,4096]"),
     ],
 )
 def test_every_simulated_crash_reads_back_as_the_sim_classified_it(compose, overrides) -> None:

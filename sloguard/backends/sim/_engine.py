@@ -44,6 +44,7 @@ class EngineSettings:
     enable_chunked_prefill: bool
     enable_prefix_caching: bool
     num_blocks: int
+    long_prefill_token_threshold: int = 0  # prefill tokens per request per step (0: no cap)
 
     @classmethod
     def of(cls, knobs: dict[str, Any], num_blocks: int) -> EngineSettings:
@@ -55,6 +56,7 @@ class EngineSettings:
             enable_chunked_prefill=knobs["enable_chunked_prefill"],
             enable_prefix_caching=knobs["enable_prefix_caching"],
             num_blocks=num_blocks,
+            long_prefill_token_threshold=knobs.get("long_prefill_token_threshold", 0),
         )
 
 

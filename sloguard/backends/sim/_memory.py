@@ -202,6 +202,13 @@ def _config_refusal(
             "sequence length to max_num_batched_tokens and makes vLLM reject longer sequences. "
             "Please increase max_num_batched_tokens or decrease max_model_len.",
         )
+    threshold = knobs.get("long_prefill_token_threshold", 0)
+    if threshold > max_len:  # vLLM 0.32 config/scheduler.py SchedulerConfig.verify_max_model_len
+        return _config(
+            "long_prefill_threshold_above_max_model_len",
+            f"ValueError: long_prefill_token_threshold ({threshold}) cannot be greater than the "
+            f"max_model_len ({max_len}).",
+        )
     kv_dtype = knobs.get("kv_cache_dtype", "auto")
     if kv_dtype not in hw.kv_cache_dtypes:
         return _config(  # vLLM 0.32 triton_attn.py TritonAttentionImpl.__init__ (below SM 8.9)

@@ -19,7 +19,9 @@ class VllmScheduler:
     ``max_num_seqs`` and the token budget ``max_num_batched_tokens``. Without chunked prefill a
     prompt is prefilled whole or waits. When a running request needs a block and none is free,
     the newest running request is preempted and recomputed later, and no waiting request is
-    admitted that step.
+    admitted that step. A ``long_prefill_token_threshold`` caps the tokens one request is given
+    per step whenever more than one request is running or waiting (vLLM 0.32
+    ``v1/core/sched/scheduler.py``), with or without chunked prefill.
 
     Args:
         spec_tokens: Tokens each decode speculates (vLLM's ``num_speculative_tokens``; 0: off).
@@ -59,6 +61,7 @@ class VllmScheduler:
         running, waiting = engine.running, engine.waiting
         spec_tokens = self.spec_tokens
         budget = engine.settings.max_num_batched_tokens
+        cap = _cap(engine)
         ids: list[int] = []
         tokens: list[int] = []
         spec: list[int] | None = [] if spec_tokens else None
@@ -74,6 +77,8 @@ class VllmScheduler:
             if spec_tokens and need == 1:
                 need += min(spec_tokens, target[rid] - generated[rid] - 1)
             ntok = need if need <= budget else budget
+            if ntok > cap:
+                ntok = cap
             new_blocks = -(-(computed[rid] + ntok) // BLOCK_SIZE) - blocks[rid]
             victim = -1
             while new_blocks > free_blocks and victim != rid:
@@ -105,7 +110,7 @@ class VllmScheduler:
         engine.free_blocks = free_blocks
         plan = StepPlan(ids, tokens, num_sampled, attn_pairs, decode_ctx, spec)
         if not preempted:
-            self._admit(engine, plan, budget)
+            self._admit(engine, plan, budget, cap)
         if spec:
             decoding = sum(1 for n in spec if n)
             plan.draft_s = (
@@ -115,8 +120,9 @@ class VllmScheduler:
             )
         return plan
 
-    def _admit(self, engine: Engine, plan: StepPlan, budget: int) -> None:
-        """Start waiting requests in arrival order while they fit the budget, seats and KV."""
+    def _admit(self, engine: Engine, plan: StepPlan, budget: int, cap: int) -> None:
+        """Start waiting requests in arrival order while they fit the budget, seats and KV
+        (each given at most ``cap`` tokens)."""
         reqs = engine.reqs
         waiting, running, settings = engine.waiting, engine.running, engine.settings
         while waiting and len(running) < settings.max_num_seqs and budget > 0:
@@ -124,9 +130,9 @@ class VllmScheduler:
             seq = reqs.prompt[rid] + reqs.generated[rid]
             start = engine.begin(rid) if reqs.computed[rid] == 0 else reqs.computed[rid]
             need = seq - start
-            if not settings.enable_chunked_prefill and need > budget:
+            if not settings.enable_chunked_prefill and min(need, cap) > budget:
                 break
-            ntok = need if need <= budget else budget
+            ntok = min(need, budget, cap)
             new_blocks = -(-(start + ntok) // BLOCK_SIZE)
             if new_blocks > engine.free_blocks:
                 break
@@ -145,3 +151,12 @@ class VllmScheduler:
             plan.attn_pairs += ntok * (start + (ntok + 1) / 2)
             if ntok == need:
                 plan.num_sampled += 1
+
+
+def _cap(engine: Engine) -> int:
+    """Tokens one request may get this step: vLLM lifts ``long_prefill_token_threshold`` when
+    only one request is running or waiting (nobody to starve)."""
+    threshold = engine.settings.long_prefill_token_threshold
+    if threshold <= 0 or len(engine.running) + len(engine.waiting) <= 1:
+        return 1 << 62
+    return threshold

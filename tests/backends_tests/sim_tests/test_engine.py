@@ -62,6 +62,33 @@ def test_without_chunked_prefill_a_prompt_waits_for_a_whole_budget() -> None:
     assert second.token_times.tolist() == pytest.approx([0.04])  # after request 1 finished
 
 
+@pytest.mark.parametrize(
+    ("threshold", "long_times", "short_times"),
+    [(0, [0.01, 0.02], [0.02, 0.03]), (32, [0.02, 0.03], [0.01, 0.02])],
+)
+def test_long_prefill_threshold_lets_a_short_prompt_past_a_long_one(
+    threshold, long_times, short_times
+) -> None:
+    # a 64-token prompt fills the 64-token budget; capped at 32 it leaves room for the short one
+    run = run_engine(
+        _workload([64, 8], [2, 2]),
+        _settings(max_num_batched_tokens=64, long_prefill_token_threshold=threshold),
+        _const(),
+        np.ones(1),
+        60.0,
+    )
+    long, short = run.records
+    assert long.token_times.tolist() == pytest.approx(long_times)
+    assert short.token_times.tolist() == pytest.approx(short_times)
+
+
+def test_long_prefill_threshold_is_lifted_for_a_request_alone() -> None:
+    # vLLM caps a prefill only while another request runs or waits (nobody else to starve)
+    settings = _settings(long_prefill_token_threshold=16, enable_chunked_prefill=False)
+    run = run_engine(_workload([64], [1]), settings, _const(), np.ones(1), 60.0)
+    assert run.records[0].token_times.tolist() == pytest.approx([0.01])
+
+
 def test_max_num_seqs_caps_the_batch() -> None:
     run = run_engine(
         _workload([8] * 4, [5] * 4), _settings(max_num_seqs=2), _const(), np.ones(1), 60.0

@@ -82,6 +82,13 @@ def test_kv_budget_is_utilisation_minus_weights_activations_overhead(compose) ->
             "User-specified max_model_len (8192) is greater than the derived max_model_len",
         ),
         (
+            ["space.long_prefill_token_threshold=[0,2048]"],
+            {"max_model_len": 1024, "long_prefill_token_threshold": 2048},
+            CrashCategory.CONFIG,
+            "long_prefill_threshold_above_max_model_len",
+            "long_prefill_token_threshold (2048) cannot be greater than the max_model_len (1024)",
+        ),
+        (
             ["hardware=cpu", "model=tiny-random"],
             {"quantization": "awq"},
             CrashCategory.CONFIG,

@@ -132,6 +132,20 @@ def test_a_config_vllm_rejects_is_a_config_crash(compose, vllm_python, tmp_path:
 
 
 @pytest.mark.vllm
+def test_a_prefill_cap_over_max_model_len_is_refused_as_the_sim_says(
+    compose, vllm_python, tmp_path
+) -> None:
+    backend, workload, slo = _backend(compose)
+    knobs = {**KNOBS, "long_prefill_token_threshold": 2048}  # > max_model_len 1024
+    result = backend.evaluate(knobs, workload, slo, seed=0, log_path=tmp_path / "server.log")
+    crash = result.crash
+    assert crash is not None and (crash.category.value, crash.phase) == ("config", "startup")
+    assert crash.subcause == "long_prefill_threshold_above_max_model_len"
+    assert "long_prefill_token_threshold (2048) cannot be greater" in crash.evidence
+    assert_group_gone(backend.last_server.pgid)
+
+
+@pytest.mark.vllm
 def test_a_start_still_progressing_at_the_cap_is_not_the_configs_fault(
     compose, vllm_python, tmp_path: Path
 ) -> None:
@@ -417,7 +431,7 @@ def test_vllm_reads_the_best_config_file_as_the_flags(vllm_python, tmp_path) -> 
     from sloguard.deploy import knob_flags, serve_config
 
     knobs = {**KNOBS, "gpu_memory_utilization": 0.8655369, "enable_chunked_prefill": False,
-             "kv_cache_dtype": "fp8"}  # fmt: skip
+             "kv_cache_dtype": "fp8", "long_prefill_token_threshold": 512}  # fmt: skip
     (tmp_path / "best.yaml").write_text(serve_config(knobs))
     script = (
         "import json, sys\n"
@@ -438,3 +452,4 @@ def test_vllm_reads_the_best_config_file_as_the_flags(vllm_python, tmp_path) -> 
     assert from_flags == from_file
     assert from_file["gpu_memory_utilization"] == 0.8655 and from_file["max_num_seqs"] == 8
     assert from_file["enable_chunked_prefill"] is False and from_file["kv_cache_dtype"] == "fp8"
+    assert from_file["long_prefill_token_threshold"] == 512
