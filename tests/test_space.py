@@ -80,13 +80,16 @@ def test_repair_bumps_and_caps_like_vllm_needs(space: SearchSpace) -> None:
 
 def test_long_prefill_threshold_is_a_knob_only_where_the_space_lists_it(compose) -> None:
     assert "long_prefill_token_threshold" not in SearchSpace.from_config(compose().space).knobs
-    space = SearchSpace.from_config(compose("space.long_prefill_token_threshold=[0,256,8192]").space)
+    cfg = compose("space.long_prefill_token_threshold=[0,256,8192]")
+    space = SearchSpace.from_config(cfg.space)
     knob = space.knobs["long_prefill_token_threshold"]
     assert knob == CategoricalKnob("long_prefill_token_threshold", (0, 256, 8192), 0)
     config = space.complete({"long_prefill_token_threshold": 8192, "max_model_len": 1024})
     fixed = space.repair(config, max_position_embeddings=32768)
     assert fixed.config["long_prefill_token_threshold"] == 1024  # vLLM refuses > max_model_len
-    assert fixed.changes == ("long_prefill_token_threshold 8192 -> 1024 (must be <= max_model_len)",)
+    assert fixed.changes == (
+        "long_prefill_token_threshold 8192 -> 1024 (must be <= max_model_len)",
+    )
     assert space.repair(space.complete({"long_prefill_token_threshold": 256}), 32768).changes == ()
 
 
