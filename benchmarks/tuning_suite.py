@@ -145,7 +145,7 @@ def explore(args: tuple[tuple[str, ...], str, int, int]) -> tuple[float, dict[st
     """A noise-free study (random or the grid): its best utility and configuration."""
     overrides, name, seed, budget = args
     step = dataclasses.replace(trial_step(overrides, noise=False), seed=seed)
-    cfg = compose_config([*overrides, f"optimizer={name}"])
+    cfg = _config((*overrides, f"optimizer={name}"))
     records = step.run_untracked(create_optimizer(cfg.optimizer, step.space, seed, budget), budget)
     best = max(records, key=lambda r: _utility(r.result))
     return _utility(best.result), best.params

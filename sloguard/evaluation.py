@@ -65,7 +65,9 @@ def launch_config(
     util, length = space.knobs["gpu_memory_utilization"], space.knobs["max_model_len"]
     assert isinstance(util, FloatKnob) and isinstance(length, IntKnob)
     guarded = guard.repair(repaired.config, util_high=util.high, len_low=length.low)
-    return Repair(guarded.config, repaired.changes + guarded.changes)
+    # a max_model_len the guard lowered may now be below knobs that must not exceed it
+    again = space.repair(guarded.config, max_position_embeddings)
+    return Repair(again.config, repaired.changes + guarded.changes + again.changes)
 
 
 def workload_from_config(cfg: DictConfig) -> Workload:

@@ -189,3 +189,22 @@ def test_guarded_configs_never_hit_a_kv_refusal(l4) -> None:
         _, crash = plan_memory(cfg.model, cfg.hardware, config)
         refusals += crash is not None and crash.subcause == "kv_cache_too_small"
     assert refusals == 0
+
+
+def test_a_max_model_len_the_guard_lowers_still_bounds_the_prefill_cap(compose) -> None:
+    cfg = compose(
+        "model=llama-3.1-8b", "hardware=l4-24gb", "space.gpu_memory_utilization.high=0.72",
+        "space.gpu_memory_utilization.default=0.72",
+        "space.long_prefill_token_threshold=[0,4096]",
+    )  # fmt: skip
+    space = SearchSpace.from_config(cfg.space)
+    params = {"gpu_memory_utilization": 0.72, "max_model_len": 4096}
+    launched = launch_config(
+        space, memory_guard(cfg), {**params, "long_prefill_token_threshold": 4096},
+        cfg.model.max_position_embeddings,
+    )  # fmt: skip
+    config = launched.config
+    assert config["max_model_len"] < 4096  # the KV cache at 0.72 holds less
+    assert config["long_prefill_token_threshold"] == config["max_model_len"]
+    assert plan_memory(cfg.model, cfg.hardware, config)[1] is None  # vLLM would start it
+    assert any(c.startswith("long_prefill_token_threshold 4096 -> ") for c in launched.changes)

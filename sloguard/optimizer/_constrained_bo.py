@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 
 class ConstrainedBOOptimizer(TPEOptimizer):
-    """GP-based constrained BO: a GP on goodput, one GP per constraint (crash, SLO violation).
+    """GP-based constrained BO: a GP on the objective (goodput or capacity) and one on the
+    constraint (crash, SLO violation).
 
     Optuna's ``GPSampler`` is used rather than botorch: it reads the same stored constraints as
     the crash-aware TPE, needs no extra framework beyond PyTorch, and is maintained with the

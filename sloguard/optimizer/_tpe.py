@@ -67,7 +67,8 @@ def objective_value(result: TrialResult) -> float:
     """The objective's figure, which a constrained sampler models whether or not the trial met
     the SLO: capacity (req/s) for a capacity search, else goodput (tok/s); 0 for a crash.
 
-    For a feasible trial it is its utility.
+    For a feasible trial it is its utility. A capacity search in which no rate passed scores 0,
+    as a crash does; its constraint (the attainment shortfall) tells the two apart.
     """
     if result.crash is not None:
         return 0.0
@@ -80,7 +81,8 @@ class TPEOptimizer(BaseOptimizer):
 
     Cold (the default) it has no crash awareness: a crash is told as a failed trial, which TPE
     ignores, and other trials are told with their utility. With ``crash_aware`` every trial is
-    told as complete with its goodput and the constraints of :func:`crash_constraints`, so TPE's
+    told as complete with :func:`objective_value` and the constraints of
+    :func:`crash_constraints`, so TPE's
     constrained split learns where configurations crash or miss the SLO.
 
     Args:

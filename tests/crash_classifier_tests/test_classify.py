@@ -127,19 +127,24 @@ def test_unexplained_failures_are_unknown_with_evidence() -> None:
 
 
 @pytest.mark.parametrize(
-    "overrides",
+    ("overrides", "expected"),
     [
-        ("model=llama-3.1-8b", "hardware=l4-24gb", "hardware.used_by_others_gb=3"),
-        ("model=qwen2-1.5b", "hardware=cpu", "space.max_num_batched_tokens.low=16"),
-        ("model=qwen2-1.5b", "hardware=t4-16gb", "space.kv_cache_dtype=[auto,fp8]"),
-        ("model=llama-3.1-8b", "hardware=l4-24gb", "space.long_prefill_token_threshold=[0,4096]"),
+        (("model=llama-3.1-8b", "hardware=l4-24gb", "hardware.used_by_others_gb=3"), "oom"),
+        (("model=qwen2-1.5b", "hardware=cpu", "space.max_num_batched_tokens.low=16"), "oom"),
+        (("model=qwen2-1.5b", "hardware=t4-16gb", "space.kv_cache_dtype=[auto,fp8]"),
+         "kv_cache_dtype_unsupported"),
+        (("model=llama-3.1-8b", "hardware=l4-24gb", "space.long_prefill_token_threshold=[0,4096]"),
+         "long_prefill_threshold_above_max_model_len"),
     ],
-)
-def test_every_simulated_crash_reads_back_as_the_sim_classified_it(compose, overrides) -> None:
+)  # fmt: skip
+def test_every_simulated_crash_reads_back_as_the_sim_classified_it(
+    compose, overrides, expected
+) -> None:
     cfg = compose(*overrides, "space.repair=false", "space.quantization.choices=[fp16,fp8]")
     space = SearchSpace.from_config(cfg.space)
     rng = np.random.default_rng(0)
-    seen = set()
+    seen: set[str] = set()
+    categories: set[str] = set()
     for _ in range(400):
         config = space.complete(space.sample(rng))
         plan, crash = plan_memory(cfg.model, cfg.hardware, config)
@@ -150,7 +155,8 @@ def test_every_simulated_crash_reads_back_as_the_sim_classified_it(compose, over
         again = classify(crash.evidence, 1, phase=crash.phase)
         assert (again.category, again.subcause) == (crash.category, crash.subcause), crash
         seen.add(crash.subcause)
-    assert len(seen) >= 4, seen
+        categories.add(crash.category.value)
+    assert len(seen) >= 4 and expected in seen | categories, seen
 
 
 def test_cli_prints_json(tmp_path: Path) -> None:

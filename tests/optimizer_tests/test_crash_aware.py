@@ -18,6 +18,7 @@ from sloguard.optimizer import (
     TPEOptimizer,
 )
 from sloguard.optimizer._surrogate import FeasibilitySurrogate
+from sloguard.optimizer._tpe import crash_constraints, objective_value
 from sloguard.result import TrialResult
 from sloguard.space import SearchSpace
 
@@ -152,3 +153,13 @@ def test_constrained_bo_needs_torch(space, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setitem(sys.modules, "torch", None)  # how Python marks a module as missing
     with pytest.raises(ConfigError, match=r"needs torch, which is not installed.*\[bo\]"):
         ConstrainedBOOptimizer(space, 0)
+
+
+def test_constrained_samplers_model_the_objectives_own_figure() -> None:
+    goodput = _ok({}, 250.0)
+    capacity = TrialResult({}, metrics={"goodput_tok_s": 900.0, "capacity_rps": 4.5},
+                           feasible=True, utility=4.5)  # fmt: skip
+    missed = TrialResult({}, metrics={"goodput_tok_s": 300.0, "capacity_rps": 0.0}, utility=-0.2)
+    values = [objective_value(r) for r in (goodput, capacity, missed, _crash({}))]
+    assert values == [250.0, 4.5, 0.0, 0.0]  # a feasible trial's value is its utility
+    assert crash_constraints(missed) == {"violation": 0.2}

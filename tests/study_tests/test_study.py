@@ -90,12 +90,13 @@ def test_a_larger_budget_continues_exactly_as_an_uninterrupted_study(compose, st
 
 
 def test_a_larger_budget_keeps_a_budget_aware_optimizers_trials(compose, study_env) -> None:
-    first = run_study(compose(*FAST, "optimizer=tba-tpe", "budget=3", "study_name=tt"))
-    more = run_study(compose(*FAST, "optimizer=tba-tpe", "budget=8", "study_name=tt"))
-    assert [r.params for r in more.records[:3]] == [r.params for r in first.records]
-    assert [r.number for r in more.records] == list(range(8))
-    # the new trials follow the new budget's handoff (40% of 8: trials 0-2 explore)
-    assert [r.phase for r in more.records] == [r.phase for r in first.records] + ["exploit"] * 5
+    first = run_study(compose(*FAST, "optimizer=tba-tpe", "budget=2", "study_name=tt"))
+    more = run_study(compose(*FAST, "optimizer=tba-tpe", "budget=10", "study_name=tt"))
+    assert [r.params for r in more.records[:2]] == [r.params for r in first.records]
+    assert [r.number for r in more.records] == list(range(10))
+    # budget 2 handed off after 1 trial; the new trials follow budget 10's (after 4)
+    assert [r.phase for r in first.records] == ["explore", "exploit"]
+    assert [r.phase for r in more.records[2:]] == ["explore"] * 2 + ["exploit"] * 6
 
 
 def test_resume_finds_the_newest_study_of_this_config(compose, study_env) -> None:
