@@ -101,14 +101,18 @@ def test_survives_a_history_of_only_crashes(name, space, compose) -> None:
     assert set(opt.ask()) <= set(space.knobs)
 
 
-def test_tpe_learns_from_results(space, compose) -> None:
-    """After its startup trials TPE concentrates where utility is high (many seqs, no eager)."""
-    opt = _make("tpe", space, 0, compose)
+@pytest.mark.parametrize(
+    ("name", "trials", "late_from"), [("tpe", 40, 25), ("constrained-bo", 20, 12)]
+)
+def test_model_based_samplers_learn_from_results(name, trials, late_from, space, compose) -> None:
+    """After their random start TPE and the GP concentrate where utility is high (many seqs, no
+    eager)."""
+    opt = _make(name, space, 0, compose)
     late = []
-    for i in range(40):
+    for i in range(trials):
         params = opt.ask()
         opt.tell(params, _score(params))
-        if i >= 25:
+        if i >= late_from:
             late.append(params)
-    assert sum(not p["enforce_eager"] for p in late) >= 12
+    assert sum(not p["enforce_eager"] for p in late) >= 0.75 * len(late)
     assert sum(p["max_num_seqs"] for p in late) / len(late) > 50  # random mean is ~36

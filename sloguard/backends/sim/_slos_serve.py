@@ -114,6 +114,7 @@ class SlosServeScheduler:
 
     def attach(self, engine: Engine) -> None:
         self.predictor = Predictor(engine.step_time, engine.settings.max_num_batched_tokens)
+        self._limits: dict[tuple[float, int], tuple[float, int]] = {}
 
     def arrive(self, engine: Engine, rid: int) -> None:
         self.pending.append(rid)
@@ -344,9 +345,10 @@ class SlosServeScheduler:
         reqs = engine.reqs
         spec = min(spec, reqs.target[rid] - reqs.generated[rid] - 1)
         seq = reqs.prompt[rid] + reqs.generated[rid]
-        step = (self.planned, plan.num_sampled, plan.attn_pairs, plan.decode_context + seq)
-        if limit < math.inf and self.predictor.extra(limit - plan.draft_s, step, seq) < 1 + spec:
-            return  # a best-effort decode waits for a step with time to spare
+        if limit < math.inf:
+            step = (self.planned, plan.num_sampled, plan.attn_pairs, plan.decode_context + seq)
+            if self.predictor.extra(limit - plan.draft_s, step, seq) < 1 + spec:
+                return  # a best-effort decode waits for a step with time to spare
         upto = reqs.computed[rid] + 1 + spec
         grows = -(-upto // BLOCK_SIZE) > reqs.blocks[rid]
         if grows and not self._blocks(engine, rid, upto, rid in self.admitted):
@@ -472,6 +474,9 @@ class SlosServeScheduler:
         tightest = min(tiers)
         if not self.spec_tokens:
             return MARGIN * tightest, 0
+        known = self._limits.get((tightest, decodes))
+        if known is not None:  # the same tier and batch give the same plan (noise-free model)
+            return known
         best, best_rate = (MARGIN * tightest, 0), -1.0
         for spec in range(self.spec_tokens + 1):
             limit = MARGIN * tightest * self._credited(spec)
@@ -480,6 +485,7 @@ class SlosServeScheduler:
             fit = self.predictor.extra(limit - draft, (verify, verify, 0.0, 0), 0.0)
             if fit / limit > best_rate:
                 best, best_rate = (limit, spec), fit / limit
+        self._limits[tightest, decodes] = best
         return best
 
     def _spec_for(self, tpot: float, limit: float, spec_max: int) -> int:
