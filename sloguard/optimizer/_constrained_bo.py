@@ -31,7 +31,8 @@ class ConstrainedBOOptimizer(TPEOptimizer):
     the crash-aware TPE, needs no extra framework beyond PyTorch, and is maintained with the
     sampler this project already builds on. The conditional knob (``enable_chunked_prefill``)
     is outside the GP's fixed search space and is drawn at random. The acquisition function is
-    maximised in batches (:class:`_BatchedGPSampler`), about five times faster per study.
+    maximised in batches (:class:`_BatchedGPSampler`), which cut its share of the
+    tuning suite's time from 44% to 23%.
 
     Args:
         space: The search space.
@@ -68,13 +69,16 @@ class _BatchedGPSampler(optuna.samplers.GPSampler):
     """Optuna's GP sampler whose acquisition function is maximised in batches.
 
     Optuna's own optimiser line-searches each integer knob one point at a time: on this space
-    (integer knobs with hundreds to thousands of values) that is 90% of a study's time. Here each
-    coordinate's candidates (a coarse grid, a fine one around the current value, each rounded to
-    a value the knob takes) are scored for every start point in one batch, and the best is
-    kept, sweep after sweep, until no coordinate moves. The GP, its kernel fit, the acquisition
-    function and the start points (the best of Optuna's 2,048 preliminary samples, roulette
-    picks, the best trials so far) are Optuna's. ``_optimize_acqf`` is the hook Optuna names for
-    this; the search space it reads is Optuna's internal one.
+    (integer knobs with hundreds to thousands of values) that was most of a study's time. Here
+    each coordinate's candidates are scored for every start point in one batch, and the best is
+    kept, sweep after sweep, until no coordinate moves. The candidates are a coarse grid, a fine
+    one around the current value and, for an integer knob, its values next to the current one
+    (so it reaches exact integers); a continuous knob (``gpu_memory_utilization``) is searched
+    on those grids, to 1/2048 of its range, rather than by Optuna's gradient ascent. The GP, its
+    kernel fit, the acquisition function and the start points (the best of Optuna's 2,048
+    preliminary samples, roulette picks and the best feasible trial) are Optuna's.
+    ``_optimize_acqf`` is the hook Optuna names for this; it and the search space it reads are
+    Optuna internals, hence the pinned minor version.
     """
 
     def _optimize_acqf(
@@ -83,14 +87,16 @@ class _BatchedGPSampler(optuna.samplers.GPSampler):
         rng = self._rng.rng
         space = acqf.search_space
         sampled = space.sample_normalized_params(self._n_preliminary_samples, rng=rng)
-        values = acqf.eval_acqf_no_grad(sampled)
+        values = _acquisition(acqf, sampled)
         top = int(np.argmax(values))
-        weights = np.exp(values - values[top])
+        with np.errstate(invalid="ignore", over="ignore"):
+            weights = np.exp(values - values[top])
+        weights[~np.isfinite(weights)] = 0.0  # an infinite acquisition value: no roulette pick
         weights[top] = 0.0
         starts = [sampled[[top]]]
         n_more = min(
             self._n_local_search - 1 - (0 if best_params is None else len(best_params)),
-            int(np.count_nonzero(weights)),
+            int(np.count_nonzero(weights > 0)),
         )
         if n_more > 0:
             picks = rng.choice(len(sampled), size=n_more, replace=False, p=weights / weights.sum())
@@ -101,23 +107,26 @@ class _BatchedGPSampler(optuna.samplers.GPSampler):
 
 
 def _coordinate_ascent(acqf: BaseAcquisitionFunc, xs: np.ndarray) -> np.ndarray:
-    """The best point reached from start points ``xs`` (normalised, one per row) by moving one
-    coordinate at a time to the best of its candidate values, all starts in one batch."""
+    """The best point reached from start points ``xs`` (normalised, one per row; left as they
+    are) by moving one coordinate at a time to the best of its candidate values, all starts in
+    one batch."""
+    xs = xs.copy()
     space = acqf.search_space
     choices: dict[int, np.ndarray | None] = dict.fromkeys(space.continuous_indices.tolist())
     discrete = space.get_choices_of_discrete_params()
     choices.update(zip(space.discrete_indices.tolist(), discrete, strict=True))
-    values = acqf.eval_acqf_no_grad(xs)
+    values = _acquisition(acqf, xs)
     for _ in range(_MAX_SWEEPS):
         moved = False
         for dim, allowed in choices.items():
             candidates = _candidates(xs[:, dim], allowed, bool(space.is_categorical[dim]))
             batch = np.repeat(xs, candidates.shape[1], axis=0)
             batch[:, dim] = candidates.ravel()
-            scores = acqf.eval_acqf_no_grad(batch).reshape(candidates.shape)
+            scores = _acquisition(acqf, batch).reshape(candidates.shape)
             best = np.argmax(scores, axis=1)
             rows = np.arange(len(xs))
-            better = scores[rows, best] > values
+            # a move is to another value (the current one may re-score a hair higher)
+            better = (scores[rows, best] > values) & (candidates[rows, best] != xs[:, dim])
             if better.any():
                 moved = True
                 xs[better, dim] = candidates[rows, best][better]
@@ -125,6 +134,11 @@ def _coordinate_ascent(acqf: BaseAcquisitionFunc, xs: np.ndarray) -> np.ndarray:
         if not moved:
             break
     return xs[int(np.argmax(values))]
+
+
+def _acquisition(acqf: BaseAcquisitionFunc, xs: np.ndarray) -> np.ndarray:
+    """The acquisition function at each row of ``xs``; an undefined (NaN) value counts as -inf."""
+    return np.nan_to_num(acqf.eval_acqf_no_grad(xs), nan=-np.inf, posinf=np.inf, neginf=-np.inf)
 
 
 def _candidates(current: np.ndarray, allowed: np.ndarray | None, categorical: bool) -> np.ndarray:

@@ -5,7 +5,7 @@ import pytest
 from optuna._gp.search_space import SearchSpace as GPSpace
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from sloguard.optimizer._constrained_bo import _coordinate_ascent
+from sloguard.optimizer._constrained_bo import _BatchedGPSampler, _coordinate_ascent
 
 
 class _Peak:
@@ -38,3 +38,20 @@ def test_coordinate_ascent_reaches_the_peak_on_a_wide_integer_knob() -> None:
     assert best[1] == pytest.approx(0.3712, abs=1e-3)
     assert best[2] == 1.0
     assert space.get_unnormalized_param(best)["tokens"] == 512 + 4321
+
+
+class _PartlyUndefined(_Peak):
+    """:class:`_Peak` where the first coordinate is below 0.5: NaN there, -inf past 0.9."""
+
+    def eval_acqf_no_grad(self, x: np.ndarray) -> np.ndarray:
+        values = super().eval_acqf_no_grad(x)
+        values = np.where(x[..., 0] < 0.5, np.nan, values)
+        return np.where(x[..., 0] > 0.9, -np.inf, values)
+
+
+def test_acquisition_search_survives_nan_and_infinite_values() -> None:
+    """Undefined acquisition values give no start point (Optuna's roulette skips them too)."""
+    space = GPSpace({"a": FloatDistribution(0.0, 1.0), "b": FloatDistribution(0.0, 1.0)})
+    target = np.array([0.7, 0.2])
+    best = _BatchedGPSampler(seed=0)._optimize_acqf(_PartlyUndefined(space, target), None)
+    assert best == pytest.approx(target, abs=1e-3)

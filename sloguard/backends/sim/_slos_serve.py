@@ -109,12 +109,13 @@ class SlosServeScheduler:
         self.planner_s: list[float] = []
         self.unclaimed = 0  # KV blocks admitted requests are promised and do not hold yet
         self.planned = 0  # tokens in the step being planned
+        self._limits: dict[tuple[float, int], tuple[float, int]] = {}  # see _limit
 
     # --- the Scheduler protocol
 
     def attach(self, engine: Engine) -> None:
         self.predictor = Predictor(engine.step_time, engine.settings.max_num_batched_tokens)
-        self._limits: dict[tuple[float, int], tuple[float, int]] = {}
+        self._limits.clear()
 
     def arrive(self, engine: Engine, rid: int) -> None:
         self.pending.append(rid)
