@@ -82,8 +82,8 @@ class TPEOptimizer(BaseOptimizer):
     Cold (the default) it has no crash awareness: a crash is told as a failed trial, which TPE
     ignores, and other trials are told with their utility. With ``crash_aware`` every trial is
     told as complete with :func:`objective_value` and the constraints of
-    :func:`crash_constraints`, so TPE's
-    constrained split learns where configurations crash or miss the SLO.
+    :func:`crash_constraints`, so TPE's constrained split learns where configurations crash or
+    miss the SLO.
 
     Args:
         space: The search space.

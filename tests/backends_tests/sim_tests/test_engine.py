@@ -33,8 +33,13 @@ def _const(step: float = 0.01):
     return lambda tokens, sampled, pairs, ctx, jitter: step
 
 
+def _run(workload: Workload, **settings):
+    """``workload`` on an engine with 10 ms steps, no jitter and a 60 s timeout."""
+    return run_engine(workload, _settings(**settings), _const(), np.ones(1), 60.0)
+
+
 def test_one_request_timed_by_hand() -> None:
-    run = run_engine(_workload([32], [4]), _settings(), _const(), np.ones(1), 60.0)
+    run = _run(_workload([32], [4]))
     rec = run.records[0]
     # step 1 prefills 32 tokens and samples token 1; steps 2-4 decode one token each
     assert rec.token_times.tolist() == pytest.approx([0.01, 0.02, 0.03, 0.04])
@@ -42,20 +47,14 @@ def test_one_request_timed_by_hand() -> None:
 
 
 def test_chunked_prefill_splits_a_long_prompt() -> None:
-    run = run_engine(
-        _workload([32], [2]), _settings(max_num_batched_tokens=16), _const(), np.ones(1), 60.0
-    )
+    run = _run(_workload([32], [2]), max_num_batched_tokens=16)
     assert run.records[0].token_times.tolist() == pytest.approx([0.02, 0.03])
 
 
 def test_without_chunked_prefill_a_prompt_waits_for_a_whole_budget() -> None:
     # request 1 decodes; request 2's 20-token prompt needs a step with 20 free budget tokens
-    run = run_engine(
-        _workload([10, 20], [3, 1]),
-        _settings(max_num_batched_tokens=20, enable_chunked_prefill=False),
-        _const(),
-        np.ones(1),
-        60.0,
+    run = _run(
+        _workload([10, 20], [3, 1]), max_num_batched_tokens=20, enable_chunked_prefill=False
     )
     first, second = run.records
     assert first.token_times.tolist() == pytest.approx([0.01, 0.02, 0.03])
@@ -70,12 +69,10 @@ def test_long_prefill_threshold_lets_a_short_prompt_past_a_long_one(
     threshold, long_times, short_times
 ) -> None:
     # a 64-token prompt fills the 64-token budget; capped at 32 it leaves room for the short one
-    run = run_engine(
+    run = _run(
         _workload([64, 8], [2, 2]),
-        _settings(max_num_batched_tokens=64, long_prefill_token_threshold=threshold),
-        _const(),
-        np.ones(1),
-        60.0,
+        max_num_batched_tokens=64,
+        long_prefill_token_threshold=threshold,
     )
     long, short = run.records
     assert long.token_times.tolist() == pytest.approx(long_times)
@@ -84,48 +81,33 @@ def test_long_prefill_threshold_lets_a_short_prompt_past_a_long_one(
 
 def test_long_prefill_threshold_is_lifted_for_a_request_alone() -> None:
     # vLLM caps a prefill only while another request runs or waits (nobody else to starve)
-    settings = _settings(long_prefill_token_threshold=16, enable_chunked_prefill=False)
-    run = run_engine(_workload([64], [1]), settings, _const(), np.ones(1), 60.0)
+    run = _run(_workload([64], [1]), long_prefill_token_threshold=16, enable_chunked_prefill=False)
     assert run.records[0].token_times.tolist() == pytest.approx([0.01])
 
 
 def test_max_num_seqs_caps_the_batch() -> None:
-    run = run_engine(
-        _workload([8] * 4, [5] * 4), _settings(max_num_seqs=2), _const(), np.ones(1), 60.0
-    )
+    run = _run(_workload([8] * 4, [5] * 4), max_num_seqs=2)
     starts = sorted(r.token_times[0] for r in run.records)
     assert starts == pytest.approx([0.01, 0.01, 0.06, 0.06])
 
 
 def test_preemption_when_blocks_run_out_and_everything_still_finishes() -> None:
     # each request grows to 16 + 40 = 56 tokens = 4 blocks; 6 blocks cannot hold two of them
-    run = run_engine(
-        _workload([16, 16], [40, 40]), _settings(num_blocks=6), _const(), np.ones(1), 60.0
-    )
+    run = _run(_workload([16, 16], [40, 40]), num_blocks=6)
     assert run.num_preemptions > 0
     assert all(r.success and r.output_len == 40 for r in run.records)
-    roomy = run_engine(
-        _workload([16, 16], [40, 40]), _settings(num_blocks=100), _const(), np.ones(1), 60.0
-    )
+    roomy = _run(_workload([16, 16], [40, 40]), num_blocks=100)
     assert roomy.num_preemptions == 0 and roomy.duration_s < run.duration_s
 
 
 def test_requests_longer_than_max_model_len_are_rejected() -> None:
-    run = run_engine(
-        _workload([100, 10], [50, 5]), _settings(max_model_len=128), _const(), np.ones(1), 60.0
-    )
+    run = _run(_workload([100, 10], [50, 5]), max_model_len=128)
     assert run.records[0].error.startswith("HTTP 400")
     assert run.records[1].success
 
 
 def test_open_loop_and_the_concurrency_cap() -> None:
-    run = run_engine(
-        _workload([8, 8, 8], [2, 2, 2], due=[0.0, 0.005, 1.0], concurrency=1),
-        _settings(),
-        _const(),
-        np.ones(1),
-        60.0,
-    )
+    run = _run(_workload([8, 8, 8], [2, 2, 2], due=[0.0, 0.005, 1.0], concurrency=1))
     a, b, c = run.records
     assert b.send_time == pytest.approx(a.token_times[-1])  # waited for the only slot
     assert c.send_time == pytest.approx(1.0)  # slot free by then: sent when due
@@ -225,7 +207,7 @@ def _rounds(prompts, outputs, due, follows, concurrency=0) -> Workload:
 
 def test_a_later_round_is_sent_when_the_round_before_ends_plus_the_tool_latency() -> None:
     wl = _rounds([8, 30], [2, 2], [0.0, 0.1], [-1, 0])
-    run = run_engine(wl, _settings(), _const(), np.ones(1), 60.0)
+    run = _run(wl)
     first, second = run.records
     assert first.token_times.tolist() == pytest.approx([0.01, 0.02])
     assert second.send_time == pytest.approx(0.12)  # ended at 0.02, tool took 0.1
@@ -235,7 +217,7 @@ def test_a_later_round_is_sent_when_the_round_before_ends_plus_the_tool_latency(
 def test_a_session_keeps_its_client_slot_through_all_its_rounds() -> None:
     # two sessions of two rounds each, one client slot: B starts only after A's last round
     wl = _rounds([8, 8, 20, 20], [2, 2, 2, 2], [0.0, 0.0, 0.05, 0.05], [-1, -1, 0, 1], 1)
-    run = run_engine(wl, _settings(), _const(), np.ones(1), 60.0)
+    run = _run(wl)
     a1, b1, a2, b2 = run.records
     assert a2.send_time == pytest.approx(a1.token_times[-1] + 0.05)
     assert b1.send_time == pytest.approx(a2.token_times[-1])
@@ -256,7 +238,7 @@ def test_a_later_round_reuses_the_cached_prompt_of_the_round_before() -> None:
 
 def test_a_failed_round_fails_the_rounds_after_it_and_frees_the_slot() -> None:
     wl = _rounds([8, 8, 120, 200], [2, 2, 2, 2], [0.0, 0.0, 0.0, 0.0], [-1, -1, 0, 2], 1)
-    run = run_engine(wl, _settings(max_model_len=100), _const(), np.ones(1), 60.0)
+    run = _run(wl, max_model_len=100)
     a1, b1, a2, a3 = run.records
     assert a1.success and b1.success and not a2.success and not a3.success
     assert a2.error.startswith("HTTP 400")
