@@ -4,7 +4,8 @@ Each problem is a set of config overrides (an overlay on the defaults) chosen so
 is not flat: capacity at the attainment target for open-loop workloads (it does not saturate as
 goodput at a fixed offered rate does), goodput under closed-loop concurrency, tight SLOs,
 crash-prone memory settings (repair off, a big model on a small card), Azure traces, the
-SLOs-Serve scenarios, and spaces widened with the simulator's serving knobs.
+SLOs-Serve scenarios, and spaces widened with the simulator's serving knobs and vLLM's
+scheduling policy and KV-cache dtype.
 
 Per problem, the best known configuration is the best noise-free utility of a long random
 exploration, the auto_tune grid and every study's choices. Every optimizer then runs ``--seeds``
@@ -84,6 +85,7 @@ PROBLEMS: dict[str, list[str]] = {
         "workload=mixed",
         "objective=capacity",
         "space.scheduler=[vllm,slos-serve]",
+        "space.scheduling_policy=[fcfs,priority]",
     ],
     "tool-calling": ["workload=tool-calling", "objective=capacity"],
     "reasoning-spec": [

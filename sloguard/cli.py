@@ -62,8 +62,9 @@ print its result as JSON: metrics, crash (if any) and the server's figures. Noth
 {_OVERRIDES}
   knobs.<knob>=value a knob's value: quantization, max_num_seqs, max_num_batched_tokens,
                      gpu_memory_utilization, max_model_len, enforce_eager,
-                     enable_chunked_prefill, enable_prefix_caching; kv_cache_dtype and
-                     long_prefill_token_threshold where the space lists their choices
+                     enable_chunked_prefill, enable_prefix_caching; kv_cache_dtype,
+                     long_prefill_token_threshold and scheduling_policy where the space
+                     lists their choices
 
 examples:
   sloguard evaluate knobs.max_num_seqs=32 knobs.enforce_eager=true

@@ -39,6 +39,7 @@ OPTIMIZER_NAMES: tuple[str, ...] = (
 )
 SCHEDULERS: tuple[str, ...] = ("vllm", "slos-serve")
 KV_CACHE_DTYPES: tuple[str, ...] = ("auto", "fp8")  # vLLM's --kv-cache-dtype (auto: the model's)
+SCHEDULING_POLICIES: tuple[str, ...] = ("fcfs", "priority")  # vLLM's --scheduling-policy
 TBA_STARTS: tuple[str, ...] = ("random", "defaults")  # tba's first trials
 PRIORS: tuple[str, ...] = ("none", "sim")  # where a study's prior comes from (sloguard.prior)
 ROUTER_NAMES: tuple[str, ...] = ("round-robin", "least-loaded", "slo-aware")
@@ -325,6 +326,9 @@ class SpaceConfig:
     kv_cache_dtype: list[str] = field(default_factory=list)  # e.g. [auto,fp8]
     # per-request prefill tokens per step (0: no cap), e.g. [0,256,1024]
     long_prefill_token_threshold: list[int] = field(default_factory=list)
+    # fcfs, or priority: requests carry their SLO class's rank (tightest first), e.g.
+    # [fcfs,priority]
+    scheduling_policy: list[str] = field(default_factory=list)
     # the simulator's serving choices, searched when given (the sim backend only); the first
     # choice is the default, e.g. space.scheduler=[vllm,slos-serve] space.replicas=[1,2,4]
     scheduler: list[str] = field(default_factory=list)
@@ -351,6 +355,7 @@ class KnobsConfig:
     # optional knobs: the space must list them (space.kv_cache_dtype=[...])
     kv_cache_dtype: str | None = None
     long_prefill_token_threshold: int | None = num(None, ge=0)
+    scheduling_policy: str | None = None
 
 
 @dataclass
@@ -512,8 +517,12 @@ def validate(cfg: DictConfig) -> Config:
     _check_network(cfg.backend)
     space = SearchSpace.from_config(cfg.space)  # raises ConfigError on a bad range
     fixed = {k: v for k, v in to_container(cfg.knobs).items() if v is not None}
-    if "kv_cache_dtype" in fixed:
-        _check_choice("knobs.kv_cache_dtype", fixed["kv_cache_dtype"], KV_CACHE_DTYPES)
+    for name, allowed in (
+        ("kv_cache_dtype", KV_CACHE_DTYPES),
+        ("scheduling_policy", SCHEDULING_POLICIES),
+    ):
+        if name in fixed:
+            _check_choice(f"knobs.{name}", fixed[name], allowed)
     space.check_values(fixed, where="knobs")
     return typed
 
@@ -528,6 +537,7 @@ def _check_serving(backend: DictConfig, space: DictConfig) -> None:
         ("scheduler", SCHEDULERS),
         ("router", ROUTER_NAMES),
         ("kv_cache_dtype", KV_CACHE_DTYPES),
+        ("scheduling_policy", SCHEDULING_POLICIES),
     ):
         for choice in space[name]:
             _check_choice(f"space.{name}", choice, allowed)

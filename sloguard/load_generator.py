@@ -51,6 +51,8 @@ class LoadSettings:
         connect_timeout_s: Limit for opening a connection.
         abort_check_s: How often an early-abort rule is asked during the load.
         api_key: Sent as a bearer token where the server requires one (never shown in repr).
+        priority: Send each request's priority (:meth:`~sloguard.workload.Workload.priorities`;
+            for a server launched with ``--scheduling-policy priority``).
     """
 
     base_url: str
@@ -62,6 +64,7 @@ class LoadSettings:
     connect_timeout_s: float = 10.0
     abort_check_s: float = 0.25
     api_key: str | None = field(default=None, repr=False)
+    priority: bool = False
 
     @property
     def headers(self) -> dict[str, str]:
@@ -129,9 +132,12 @@ def build_prompts(workload: Workload, vocab_size: int, seed: int) -> list[list[i
     return prompts
 
 
-def request_payload(model: str, prompt: list[int], max_tokens: int) -> dict[str, Any]:
-    """The /v1/completions body of one streamed request with a fixed output length."""
-    return {
+def request_payload(
+    model: str, prompt: list[int], max_tokens: int, priority: int | None = None
+) -> dict[str, Any]:
+    """The /v1/completions body of one streamed request with a fixed output length (and a
+    scheduling priority: lower is served first)."""
+    payload = {
         "model": model,
         "prompt": prompt,
         "max_tokens": max_tokens,
@@ -140,6 +146,9 @@ def request_payload(model: str, prompt: list[int], max_tokens: int) -> dict[str,
         "stream_options": {"include_usage": True},
         "temperature": 0.0,
     }
+    if priority is not None:
+        payload["priority"] = priority
+    return payload
 
 
 def run_load(workload: Workload, settings: LoadSettings) -> LoadResult:
@@ -179,7 +188,9 @@ async def generate(
         _frozen_heap(),
     ):
         t0 = time.perf_counter()
-        sender = _Sender(session, settings, t0)
+        sender = _Sender(
+            session, settings, t0, workload.priorities() if settings.priority else None
+        )
         tasks: list[asyncio.Task[None]] = []
         next_round = workload.next_rounds().tolist()
 
@@ -278,10 +289,17 @@ def _duration(records: list[RequestRecord]) -> float:
 class _Sender:
     """Sends one request and fills in its record (times relative to ``t0``)."""
 
-    def __init__(self, session: aiohttp.ClientSession, settings: LoadSettings, t0: float) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        settings: LoadSettings,
+        t0: float,
+        priorities: list[int] | None = None,
+    ) -> None:
         self.session = session
         self.settings = settings
         self.t0 = t0
+        self.priorities = priorities
 
     async def send(self, record: RequestRecord, prompt: list[int]) -> None:
         times: list[float] = []
@@ -304,7 +322,8 @@ class _Sender:
     async def _stream(
         self, record: RequestRecord, prompt: list[int], times: list[float]
     ) -> str | None:
-        payload = request_payload(self.settings.model, prompt, record.target_output_len)
+        priority = None if self.priorities is None else self.priorities[record.request_id]
+        payload = request_payload(self.settings.model, prompt, record.target_output_len, priority)
         clock, t0 = time.perf_counter, self.t0
         usage_tokens = -1
         record.send_time = clock() - t0

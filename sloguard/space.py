@@ -28,7 +28,11 @@ KNOB_NAMES: tuple[str, ...] = (
     "enable_prefix_caching",
 )
 # vLLM engine arguments beyond the seed's eight: knobs only where the space lists their choices
-ENGINE_EXTRAS: tuple[str, ...] = ("kv_cache_dtype", "long_prefill_token_threshold")
+ENGINE_EXTRAS: tuple[str, ...] = (
+    "kv_cache_dtype",
+    "long_prefill_token_threshold",
+    "scheduling_policy",
+)
 # the simulator's serving choices, knobs of the space only where the space gives them
 SERVING_KNOBS: tuple[str, ...] = ("scheduler", "replicas", "router", "spec_decode")
 OPTIONAL_KNOBS: tuple[str, ...] = ENGINE_EXTRAS + SERVING_KNOBS

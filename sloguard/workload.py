@@ -85,6 +85,15 @@ class Workload:
             nxt[self.follows[later]] = later
         return nxt
 
+    def priorities(self) -> list[int]:
+        """Each request's priority under vLLM's ``priority`` scheduling policy (lower is served
+        first): the rank of its class's (TTFT, TPOT) limits, the tightest 0; all 0 without
+        classes."""
+        if self.classes is None:
+            return [0] * len(self)
+        limits = np.stack([self.classes.ttft_ms, self.classes.tpot_ms], axis=1)
+        return np.unique(limits, axis=0, return_inverse=True)[1].reshape(-1).tolist()
+
     def offered_rate(self) -> float:
         """Sessions per second the arrivals offer (first to last arrival); 0 for one or none."""
         first = self.arrival_times[: self.num_first]

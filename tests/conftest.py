@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -10,11 +11,14 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 from omegaconf import DictConfig
 
+from sloguard.request_class import RequestClasses
 from sloguard.testing.postgres import create_database, temporary_postgres
 from sloguard.tune import compose_config
+from sloguard.workload import Workload
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,6 +31,24 @@ def compose() -> Callable[..., DictConfig]:
         return compose_config(list(overrides))
 
     return _compose
+
+
+def with_limits(
+    workload: Workload, ttft_ms: Sequence[float], tpot_ms: Sequence[float] | None = None
+) -> Workload:
+    """``workload`` with a class per request: its own TTFT limit (and TPOT limit, 50 ms)."""
+    n = len(workload)
+    tpot = np.full(n, 50.0) if tpot_ms is None else np.asarray(tpot_ms, dtype=float)
+    classes = RequestClasses(
+        names=tuple(f"c{i}" for i in range(n)),
+        class_ids=np.arange(n),
+        sessions=np.arange(n),
+        ttft_ms=np.asarray(ttft_ms, dtype=float),
+        tpot_ms=tpot,
+        answer_tpot_ms=tpot,
+        answer_from=workload.output_lens.copy(),
+    )
+    return dataclasses.replace(workload, classes=classes)
 
 
 @pytest.fixture

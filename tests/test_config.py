@@ -67,6 +67,10 @@ def test_defaults_are_the_seed_setting(compose) -> None:
         ),
         ("hardware.kv_cache_dtypes=[int4]", "hardware.kv_cache_dtypes='int4' is not known"),
         (
+            "space.scheduling_policy=[fcfs,lifo]",
+            "space.scheduling_policy='lifo' is not known; choose one of: fcfs, priority",
+        ),
+        (
             "space.long_prefill_token_threshold=[0,-64]",
             "space.long_prefill_token_threshold has -64; each must be >= 0",
         ),
@@ -87,6 +91,7 @@ def test_defaults_are_the_seed_setting(compose) -> None:
         ("knobs.gpu_memory_utilization=1.5", "must be a finite number > 0 and <= 1"),
         ("knobs.kv_cache_dtype=fp4", "knobs.kv_cache_dtype='fp4' is not known"),
         ("knobs.long_prefill_token_threshold=-1", "knobs.long_prefill_token_threshold=-1 is"),
+        ("knobs.scheduling_policy=sjf", "knobs.scheduling_policy='sjf' is not known; choose"),
         (
             "knobs.long_prefill_token_threshold=256",
             "knob 'long_prefill_token_threshold' is not in this space; it is searched when the "

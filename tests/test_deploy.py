@@ -30,6 +30,9 @@ def test_a_serve_line_a_user_can_paste() -> None:
     capped = serve_command("m", {**KNOBS, "long_prefill_token_threshold": 512})
     assert capped.endswith("--enable-prefix-caching --long-prefill-token-threshold 512")
     assert "threshold" not in serve_command("m", {**KNOBS, "long_prefill_token_threshold": 0})
+    ranked = serve_command("m", {**KNOBS, "scheduling_policy": "priority"})
+    assert ranked.endswith("--enable-prefix-caching --scheduling-policy priority")
+    assert "policy" not in serve_command("m", {**KNOBS, "scheduling_policy": "fcfs"})
 
 
 def test_the_config_file_has_vllms_flag_names() -> None:
@@ -49,6 +52,7 @@ def test_the_config_file_has_vllms_flag_names() -> None:
 def test_the_simulators_own_choices_are_named_apart() -> None:
     assert simulated_only({**KNOBS, "kv_cache_dtype": "fp8"}) == {}  # a vLLM flag
     assert simulated_only({**KNOBS, "long_prefill_token_threshold": 256}) == {}
+    assert simulated_only({**KNOBS, "scheduling_policy": "priority"}) == {}
     assert simulated_only({**KNOBS, "scheduler": "slos-serve", "replicas": 2}) == {
         "scheduler": "slos-serve",
         "replicas": 2,

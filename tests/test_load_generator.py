@@ -16,6 +16,7 @@ from sloguard.load_generator import (
 )
 from sloguard.testing import StubBehavior, start_stub
 from sloguard.workload import Workload, build_workload
+from tests.conftest import with_limits
 
 VOCAB = 500
 # wall-clock bounds (stub and client share one event loop): on a shared 2-core box a burst of
@@ -128,6 +129,16 @@ def test_payload_fixes_output_length_and_prompt_tokens() -> None:
         assert body["stream"] is True and body["ignore_eos"] is True
         assert body["max_tokens"] == 7 and len(body["prompt"]) == 12
         assert all(16 <= t < VOCAB for t in body["prompt"])
+
+
+@pytest.mark.parametrize("priority", [True, False])
+def test_requests_carry_their_class_priority_when_asked(priority: bool) -> None:
+    behavior = StubBehavior()
+    _run(behavior, with_limits(_workload(3), [2000, 100, 500]), priority=priority)
+    sent = {tuple(body["prompt"]): body.get("priority") for body in behavior.received}
+    prompts = build_prompts(_workload(3), VOCAB, 0)
+    expected = [2, 0, 1] if priority else [None, None, None]
+    assert [sent[tuple(p)] for p in prompts] == expected
 
 
 def test_prompts_are_deterministic_and_share_group_prefixes() -> None:

@@ -109,3 +109,11 @@ def test_ranges_come_from_config(compose) -> None:
     assert space.knobs["enforce_eager"] == CategoricalKnob("enforce_eager", (False,), False)
     rng = np.random.default_rng(0)
     assert all("enable_chunked_prefill" in space.sample(rng) for _ in range(50))
+
+
+def test_scheduling_policy_is_a_knob_only_where_the_space_lists_it(compose) -> None:
+    assert "scheduling_policy" not in SearchSpace.from_config(compose().space).knobs
+    space = SearchSpace.from_config(compose("space.scheduling_policy=[fcfs,priority]").space)
+    knob = space.knobs["scheduling_policy"]
+    assert knob == CategoricalKnob("scheduling_policy", ("fcfs", "priority"), "fcfs")
+    assert space.complete({})["scheduling_policy"] == "fcfs"

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from sloguard.exceptions import ConfigError
-from sloguard.workload import arrival_times, build_workload, read_trace
+from sloguard.workload import Workload, arrival_times, build_workload, read_trace
+from tests.conftest import with_limits
 
 
 def test_same_seed_same_requests(compose) -> None:
@@ -197,3 +198,11 @@ def test_rescaling_the_rate_keeps_the_requests_and_the_tool_latencies(compose) -
 def test_a_slowdown_ttft_needs_a_zero_load_model(compose) -> None:
     with pytest.raises(ValueError, match="ttft_slowdown"):
         build_workload(compose("workload=chatbot").workload)
+
+
+def test_priorities_rank_the_classes_tightest_first() -> None:
+    plain = Workload.plain(8, 4, np.zeros(4), 0)
+    assert plain.priorities() == [0, 0, 0, 0]
+    classed = with_limits(plain, [500, 100, 500, 2000], [50, 50, 20, 50])
+    # (TTFT, TPOT): (100, 50) first, then (500, 20), (500, 50), (2000, 50)
+    assert classed.priorities() == [2, 0, 1, 3]

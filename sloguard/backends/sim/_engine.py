@@ -45,6 +45,7 @@ class EngineSettings:
     enable_prefix_caching: bool
     num_blocks: int
     long_prefill_token_threshold: int = 0  # prefill tokens per request per step (0: no cap)
+    scheduling_policy: str = "fcfs"  # or "priority": waiting order and preemption by priority
 
     @classmethod
     def of(cls, knobs: dict[str, Any], num_blocks: int) -> EngineSettings:
@@ -57,6 +58,7 @@ class EngineSettings:
             enable_prefix_caching=knobs["enable_prefix_caching"],
             num_blocks=num_blocks,
             long_prefill_token_threshold=knobs.get("long_prefill_token_threshold", 0),
+            scheduling_policy=knobs.get("scheduling_policy", "fcfs"),
         )
 
 

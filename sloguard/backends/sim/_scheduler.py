@@ -23,6 +23,13 @@ class VllmScheduler:
     per step whenever more than one request is running or waiting (vLLM 0.32
     ``v1/core/sched/scheduler.py``), with or without chunked prefill.
 
+    Under the ``priority`` scheduling policy (vLLM's ``--scheduling-policy priority``) each
+    request carries its SLO class's rank (:meth:`~sloguard.workload.Workload.priorities`):
+    waiting requests are admitted by (priority, arrival) instead of arrival alone, and the
+    request preempted for blocks is the running one last in that order, taken out of the step
+    if it was already scheduled (vLLM 0.32 ``RequestQueue`` and ``Scheduler.schedule``). A
+    request waiting behind a full batch never preempts a running one.
+
     Args:
         spec_tokens: Tokens each decode speculates (vLLM's ``num_speculative_tokens``; 0: off).
         draft_ratio: Time of one draft-model step as a share of the target's decode step.
@@ -31,12 +38,19 @@ class VllmScheduler:
     def __init__(self, spec_tokens: int = 0, draft_ratio: float = 0.0) -> None:
         self.spec_tokens = spec_tokens
         self.draft_ratio = draft_ratio
+        self.priorities: list[int] | None = None  # per request, under the priority policy
+        self.arrived: dict[int, int] = {}  # request -> arrival order, under the priority policy
 
     def attach(self, engine: Engine) -> None:
-        return None
+        if engine.settings.scheduling_policy == "priority":
+            self.priorities = engine.reqs.workload.priorities()
 
     def arrive(self, engine: Engine, rid: int) -> None:
-        engine.waiting.append(rid)
+        if self.priorities is None:
+            engine.waiting.append(rid)
+        else:
+            self.arrived[rid] = len(self.arrived)
+            self._requeue(engine, rid)
 
     def queued(self, engine: Engine) -> int:
         return 0
@@ -68,7 +82,7 @@ class VllmScheduler:
         num_sampled = decode_ctx = 0
         attn_pairs = 0.0
         free_blocks = engine.free_blocks
-        preempted = False
+        preempted = unscheduled = False
         idx = 0
         while idx < len(running) and budget > 0:
             rid = running[idx]
@@ -82,10 +96,19 @@ class VllmScheduler:
             new_blocks = -(-(computed[rid] + ntok) // BLOCK_SIZE) - blocks[rid]
             victim = -1
             while new_blocks > free_blocks and victim != rid:
-                victim = running.pop()  # the newest request is recomputed later
+                if self.priorities is None:
+                    victim = running.pop()  # the newest request is recomputed later
+                    waiting.appendleft(victim)
+                else:
+                    at = max(range(len(running)), key=lambda i: self._order(running[i]))
+                    victim = running.pop(at)
+                    if at < idx:  # already in this step: give back its tokens
+                        idx -= 1
+                        budget += self._unschedule(ids, tokens, spec, victim)
+                        unscheduled = True
+                    self._requeue(engine, victim)
                 free_blocks += blocks[victim]
                 engine.preempt(victim)
-                waiting.appendleft(victim)
                 preempted = True
             if victim == rid:
                 break
@@ -108,6 +131,10 @@ class VllmScheduler:
                     spec.append(0)
             idx += 1
         engine.free_blocks = free_blocks
+        if not ids and preempted:  # the priority policy preempted the first request itself
+            return self.schedule(engine)  # vLLM's next step starts at once
+        if unscheduled:
+            num_sampled, attn_pairs, decode_ctx = _totals(engine, ids, tokens, spec is not None)
         plan = StepPlan(ids, tokens, num_sampled, attn_pairs, decode_ctx, spec)
         if not preempted:
             self._admit(engine, plan, budget, cap)
@@ -151,6 +178,51 @@ class VllmScheduler:
             plan.attn_pairs += ntok * (start + (ntok + 1) / 2)
             if ntok == need:
                 plan.num_sampled += 1
+
+    def _order(self, rid: int) -> tuple[int, int]:
+        """Where ``rid`` stands under the priority policy: lower goes first."""
+        assert self.priorities is not None
+        return self.priorities[rid], self.arrived[rid]
+
+    def _requeue(self, engine: Engine, rid: int) -> None:
+        """Put ``rid`` in the waiting queue behind every request that goes before it."""
+        waiting = engine.waiting
+        at = len(waiting)
+        order = self._order(rid)
+        while at and self._order(waiting[at - 1]) > order:
+            at -= 1
+        waiting.insert(at, rid)
+
+    @staticmethod
+    def _unschedule(ids: list[int], tokens: list[int], spec: list[int] | None, rid: int) -> int:
+        """Take ``rid`` out of the step being planned; the tokens it had."""
+        at = ids.index(rid)
+        ntok = tokens[at]
+        del ids[at], tokens[at]
+        if spec is not None:
+            del spec[at]
+        return ntok
+
+
+def _totals(
+    engine: Engine, ids: list[int], tokens: list[int], speculating: bool
+) -> tuple[int, float, int]:
+    """A step's sampled rows, attention pairs and decode context, counted afresh."""
+    prompt, _, computed, generated, _ = engine.reqs.state
+    num_sampled = decode_ctx = 0
+    attn_pairs = 0.0
+    for rid, ntok in zip(ids, tokens, strict=True):
+        seq = prompt[rid] + generated[rid]
+        if computed[rid] == seq - 1:
+            decode_ctx += seq
+            num_sampled += ntok
+            if speculating:
+                attn_pairs += (ntok - 1) * seq
+        else:
+            attn_pairs += ntok * (computed[rid] + (ntok + 1) / 2)
+            if computed[rid] + ntok == seq:
+                num_sampled += 1
+    return num_sampled, attn_pairs, decode_ctx
 
 
 def _cap(engine: Engine) -> int:

@@ -233,6 +233,7 @@ class VllmBackend(BaseBackend):
             stall_timeout_s=backend.stall_timeout_s,
             load_timeout_s=backend.timeout_s,
             api_key=backend.api_key,
+            priority=config.get("scheduling_policy") == "priority",
         )
         if backend.warmup_requests > 0:
             start = time.perf_counter()

@@ -3,6 +3,7 @@ import pytest
 
 from sloguard.backends.sim import EngineSettings, run_engine
 from sloguard.workload import Workload
+from tests.conftest import with_limits
 
 
 def _workload(prompts, outputs, due=None, concurrency=0, groups=None, prefix=0) -> Workload:
@@ -83,6 +84,35 @@ def test_long_prefill_threshold_is_lifted_for_a_request_alone() -> None:
     # vLLM caps a prefill only while another request runs or waits (nobody else to starve)
     run = _run(_workload([64], [1]), long_prefill_token_threshold=16, enable_chunked_prefill=False)
     assert run.records[0].token_times.tolist() == pytest.approx([0.01])
+
+
+def test_priority_policy_admits_the_tightest_class_first() -> None:
+    # one seat; three requests at once, the last with the tightest TTFT limit
+    workload = with_limits(_workload([8] * 3, [3] * 3), [2000, 5000, 100])
+    firsts = {}
+    for policy in ("fcfs", "priority"):
+        run = _run(workload, max_num_seqs=1, scheduling_policy=policy)
+        firsts[policy] = [r.token_times[0] for r in run.records]
+    assert firsts["fcfs"] == pytest.approx([0.01, 0.04, 0.07])
+    # by priority (rank of the TTFT limit): request 2, then 0, then 1
+    assert firsts["priority"] == pytest.approx([0.04, 0.07, 0.01])
+
+
+@pytest.mark.parametrize("prompts", [[8, 16], [16, 16]])
+def test_priority_policy_preempts_the_lowest_priority_request(prompts) -> None:
+    # a loose request, then a tight one 50 ms later, outgrow 6 blocks; fcfs preempts the newest
+    # (the tight one), priority the loose one: [8, 16] when the tight one needs a block, after
+    # the loose one is already in the step (it is taken out); [16, 16] when the loose one needs
+    # it first (it preempts itself, and the step goes on without it)
+    workload = with_limits(_workload(prompts, [40, 40], due=[0.0, 0.05]), [5000, 100])
+    ends = {}
+    for policy in ("fcfs", "priority"):
+        run = _run(workload, num_blocks=6, scheduling_policy=policy)
+        assert run.num_preemptions == 1
+        assert [len(r.token_times) for r in run.records] == [40, 40]
+        ends[policy] = [r.token_times[-1] for r in run.records]
+    assert ends["fcfs"][0] < ends["fcfs"][1]
+    assert ends["priority"][1] < ends["priority"][0]
 
 
 def test_max_num_seqs_caps_the_batch() -> None:

@@ -26,7 +26,7 @@ from sloguard.metrics_collector import parse_metrics
 from sloguard.study import StorageSpec, run_study
 from sloguard.workload import build_workload
 from tests.backends_tests.vllm_tests.conftest import REAL, api_server_pid, assert_group_gone
-from tests.conftest import run_cli
+from tests.conftest import run_cli, with_limits
 
 KNOBS = {
     "quantization": "fp16",
@@ -142,6 +142,28 @@ def test_a_prefill_cap_over_max_model_len_is_refused_as_the_sim_says(
     assert crash is not None and (crash.category.value, crash.phase) == ("config", "startup")
     assert crash.subcause == "long_prefill_threshold_above_max_model_len"
     assert "long_prefill_token_threshold (2048) cannot be greater" in crash.evidence
+    assert_group_gone(backend.last_server.pgid)
+
+
+@pytest.mark.vllm
+def test_priority_policy_serves_the_tight_class_first_as_the_sim_does(
+    compose, vllm_python, tmp_path
+) -> None:
+    """One seat, eight requests at once, the last of the tightest class: vLLM's priority
+    policy (its flag, and each request's priority) serves it next, fcfs in its turn."""
+    backend, workload, slo = _backend(compose, "workload.num_requests=8", "workload.concurrency=8")
+    workload = with_limits(workload, [60_000.0] * 7 + [100.0])
+    rank = {}
+    for policy in ("fcfs", "priority"):
+        knobs = {**KNOBS, "max_num_seqs": 1, "scheduling_policy": policy}
+        result = backend.evaluate(
+            knobs, workload, slo, seed=0, log_path=tmp_path / f"{policy}.log"
+        )
+        assert result.crash is None and result.metrics["completed"] == 8
+        firsts = {r.request_id: r.token_times[0] for r in result.requests}
+        rank[policy] = sorted(firsts.values()).index(firsts[7])
+    assert "--scheduling-policy priority" in (tmp_path / "priority.log").read_text()
+    assert rank["priority"] <= 2 and rank["fcfs"] >= 5, rank
     assert_group_gone(backend.last_server.pgid)
 
 
@@ -431,7 +453,8 @@ def test_vllm_reads_the_best_config_file_as_the_flags(vllm_python, tmp_path) -> 
     from sloguard.deploy import knob_flags, serve_config
 
     knobs = {**KNOBS, "gpu_memory_utilization": 0.8655369, "enable_chunked_prefill": False,
-             "kv_cache_dtype": "fp8", "long_prefill_token_threshold": 512}  # fmt: skip
+             "kv_cache_dtype": "fp8", "long_prefill_token_threshold": 512,
+             "scheduling_policy": "priority"}  # fmt: skip
     (tmp_path / "best.yaml").write_text(serve_config(knobs))
     script = (
         "import json, sys\n"
@@ -453,3 +476,4 @@ def test_vllm_reads_the_best_config_file_as_the_flags(vllm_python, tmp_path) -> 
     assert from_file["gpu_memory_utilization"] == 0.8655 and from_file["max_num_seqs"] == 8
     assert from_file["enable_chunked_prefill"] is False and from_file["kv_cache_dtype"] == "fp8"
     assert from_file["long_prefill_token_threshold"] == 512
+    assert from_file["scheduling_policy"] == "priority"
