@@ -28,7 +28,7 @@ recommended one have lower regret?). A problem where nothing feasible is known i
 and left out of the ranks.
 
 Usage:
-    python benchmarks/tuning_suite.py                    # 16 problems, 5 seeds x 30 trials
+    python benchmarks/tuning_suite.py                    # 17 problems, 5 seeds x 30 trials
     python benchmarks/tuning_suite.py --quick            # 4 problems, 3 seeds x 15 trials
     python benchmarks/tuning_suite.py --problems paper crash-prone --optimizers random tba-tpe
 """
@@ -108,6 +108,16 @@ PROBLEMS: dict[str, list[str]] = {
         "workload=chatbot",
         "objective=capacity",
         "space.kv_cache_dtype=[auto,fp8]",
+    ],
+    # four L4s over PCIe: Llama-3.1-8B sharded over 1, 2 or 4 of them (more KV cache, all-reduces
+    # on every layer) in 1, 2 or 4 engines; layouts needing more than 4 GPUs are refused
+    "l4x4-parallel": [
+        "model=llama-3.1-8b",
+        "hardware=4xl4-24gb",
+        "workload=chatbot",
+        "objective=capacity",
+        "space.tensor_parallel_size=[1,2,4,8]",
+        "space.data_parallel_size=[1,2,4]",
     ],
     "t4-kv-fp8": [
         "hardware=t4-16gb",

@@ -63,8 +63,9 @@ print its result as JSON: metrics, crash (if any) and the server's figures. Noth
   knobs.<knob>=value a knob's value: quantization, max_num_seqs, max_num_batched_tokens,
                      gpu_memory_utilization, max_model_len, enforce_eager,
                      enable_chunked_prefill, enable_prefix_caching; kv_cache_dtype,
-                     long_prefill_token_threshold and scheduling_policy where the space
-                     lists their choices
+                     long_prefill_token_threshold, scheduling_policy,
+                     tensor_parallel_size and data_parallel_size where the space lists
+                     their choices
 
 examples:
   sloguard evaluate knobs.max_num_seqs=32 knobs.enforce_eager=true

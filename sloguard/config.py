@@ -42,7 +42,7 @@ KV_CACHE_DTYPES: tuple[str, ...] = ("auto", "fp8")  # vLLM's --kv-cache-dtype (a
 SCHEDULING_POLICIES: tuple[str, ...] = ("fcfs", "priority")  # vLLM's --scheduling-policy
 TBA_STARTS: tuple[str, ...] = ("random", "defaults")  # tba's first trials
 PRIORS: tuple[str, ...] = ("none", "sim")  # where a study's prior comes from (sloguard.prior)
-ROUTER_NAMES: tuple[str, ...] = ("round-robin", "least-loaded", "slo-aware")
+ROUTER_NAMES: tuple[str, ...] = ("round-robin", "least-loaded", "slo-aware", "dp-balance")
 CONF_DIR = Path(os.environ.get("SLOGUARD_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
@@ -109,8 +109,12 @@ class HardwareConfig:
     quantization: list[str] = field(default_factory=lambda: ["fp16", "fp8", "awq", "gptq"])
     # --kv-cache-dtype values an attention backend on this device accepts (vLLM refuses others)
     kv_cache_dtypes: list[str] = field(default_factory=lambda: ["auto", "fp8"])
-    # GPUs each trial's server gets (workers=auto: GPUs / this)
+    # GPUs each trial's server gets (workers=auto: GPUs / this); tensor_parallel_size <= this
     gpus_per_trial: int = num(1, ge=1, le=1024)
+    # tensor parallelism: all-reduce bus bandwidth between the GPUs (NCCL's busbw), and the
+    # latency of one small all-reduce
+    interconnect_gbps: float = num(16.0, gt=0, le=100_000)
+    allreduce_latency_us: float = num(25.0, ge=0, le=100_000)
 
 
 @dataclass
@@ -254,7 +258,7 @@ class BackendConfig:
     startup_sleep_s: float = num(0.0, ge=0, le=86400)
     scheduler: str = text("vllm")  # vllm (FCFS, vLLM's) or slos-serve (deadline plans, admission)
     replicas: int = num(1, ge=1, le=64)  # independent engines behind a router
-    router: str = text("round-robin")  # round-robin, least-loaded or slo-aware
+    router: str = text("round-robin")  # round-robin, least-loaded, slo-aware or dp-balance
     # slos-serve: requests no plan admits are served best effort (off: all admitted)
     soft_admission: bool = True
     spec_decode: SpecDecodeConfig = field(default_factory=SpecDecodeConfig)
@@ -329,6 +333,10 @@ class SpaceConfig:
     # fcfs, or priority: requests carry their SLO class's rank (tightest first), e.g.
     # [fcfs,priority]
     scheduling_policy: list[str] = field(default_factory=list)
+    # GPUs one server shards the model over, e.g. [1,2,4]; and engines it runs, each on
+    # tensor_parallel_size GPUs, balanced by vLLM (tensor x data parallel <= the trial's GPUs)
+    tensor_parallel_size: list[int] = field(default_factory=list)
+    data_parallel_size: list[int] = field(default_factory=list)
     # the simulator's serving choices, searched when given (the sim backend only); the first
     # choice is the default, e.g. space.scheduler=[vllm,slos-serve] space.replicas=[1,2,4]
     scheduler: list[str] = field(default_factory=list)
@@ -356,6 +364,8 @@ class KnobsConfig:
     kv_cache_dtype: str | None = None
     long_prefill_token_threshold: int | None = num(None, ge=0)
     scheduling_policy: str | None = None
+    tensor_parallel_size: int | None = num(None, ge=1, le=1024)
+    data_parallel_size: int | None = num(None, ge=1, le=1024)
 
 
 @dataclass
@@ -544,6 +554,16 @@ def _check_serving(backend: DictConfig, space: DictConfig) -> None:
     for replicas in space.replicas:
         if not 1 <= replicas <= 64:
             raise ConfigError(f"space.replicas has {replicas}; each must be in [1, 64]")
+    for name in ("tensor_parallel_size", "data_parallel_size"):
+        for size in space[name]:
+            if not 1 <= size <= 1024:
+                raise ConfigError(f"space.{name} has {size}; each must be in [1, 1024]")
+    if space.data_parallel_size and (space.replicas or backend.replicas != 1):
+        raise ConfigError(
+            "space.data_parallel_size is vLLM's own engines behind its balancer; it cannot be "
+            "combined with the simulator's replicas (space.replicas, backend.replicas): give "
+            "one or the other"
+        )
     for threshold in space.long_prefill_token_threshold:  # vLLM: Field(ge=0)
         if threshold < 0:
             raise ConfigError(

@@ -36,6 +36,9 @@ def knob_flags(knobs: dict[str, Any]) -> list[str]:
         flags += ["--long-prefill-token-threshold", str(knobs["long_prefill_token_threshold"])]
     if knobs.get("scheduling_policy", "fcfs") != "fcfs":
         flags += ["--scheduling-policy", knobs["scheduling_policy"]]
+    for name in ("tensor_parallel_size", "data_parallel_size"):
+        if knobs.get(name, 1) != 1:
+            flags += [f"--{name.replace('_', '-')}", str(knobs[name])]
     return flags
 
 
@@ -57,7 +60,7 @@ def simulated_only(knobs: dict[str, Any]) -> dict[str, Any]:
     """The knobs no vLLM flag sets (the simulator's scheduler, replicas, router, speculation)."""
     launched = {"quantization", "max_num_seqs", "max_num_batched_tokens", "max_model_len"}
     launched |= {"gpu_memory_utilization", "kv_cache_dtype", "long_prefill_token_threshold"}
-    launched |= {"scheduling_policy"}
+    launched |= {"scheduling_policy", "tensor_parallel_size", "data_parallel_size"}
     launched |= set(BOOL_FLAGS)
     return {k: v for k, v in knobs.items() if k not in launched}
 

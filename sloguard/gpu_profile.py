@@ -30,11 +30,20 @@ WEIGHT_BYTES: dict[str, float] = {"fp16": 2.0, "fp8": 1.0, "awq": 0.5625, "gptq"
 _DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float": 4, "half": 2}
 
 
-def kv_bytes_per_token(model: Any, kv_cache_dtype: str = "auto") -> float:
+def kv_heads_per_gpu(model: Any, tensor_parallel_size: int = 1) -> int:
+    """KV heads each GPU holds: vLLM shards them over the GPUs, and gives each GPU a copy of
+    one when there are more GPUs than heads."""
+    return max(model.num_kv_heads // tensor_parallel_size, 1)
+
+
+def kv_bytes_per_token(
+    model: Any, kv_cache_dtype: str = "auto", tensor_parallel_size: int = 1
+) -> float:
     """2 (K and V) x layers x KV heads x head dim x element bytes (the model's dtype, or one
-    byte for an fp8 KV cache)."""
+    byte for an fp8 KV cache), on each GPU of a tensor-parallel server."""
     element = 1 if kv_cache_dtype == "fp8" else model.dtype_bytes
-    return 2.0 * model.num_layers * model.num_kv_heads * model.head_dim * element
+    heads = kv_heads_per_gpu(model, tensor_parallel_size)
+    return 2.0 * model.num_layers * heads * model.head_dim * element
 
 
 def embedding_params(model: Any) -> float:
@@ -42,16 +51,21 @@ def embedding_params(model: Any) -> float:
     return float(model.vocab_size * model.hidden_size)
 
 
-def weight_bytes(model: Any, quantization: str) -> float:
-    """Bytes of weights resident on the device."""
+def weight_bytes(model: Any, quantization: str, tensor_parallel_size: int = 1) -> float:
+    """Bytes of weights resident on the device (on each GPU of a tensor-parallel server)."""
     total = model.num_params_b * 1e9
     embed = min(embedding_params(model), total)
-    return embed * model.dtype_bytes + (total - embed) * WEIGHT_BYTES[quantization]
+    whole = embed * model.dtype_bytes + (total - embed) * WEIGHT_BYTES[quantization]
+    return whole / tensor_parallel_size
 
 
-def activation_bytes(model: Any, max_num_batched_tokens: int, max_num_seqs: int) -> float:
-    """Peak activation memory of vLLM's profiling pass, sampler logits included."""
-    per_token = (2 * model.intermediate_size + 4 * model.hidden_size) * model.dtype_bytes
+def activation_bytes(
+    model: Any, max_num_batched_tokens: int, max_num_seqs: int, tensor_parallel_size: int = 1
+) -> float:
+    """Peak activation memory of vLLM's profiling pass, sampler logits included (the MLP's
+    intermediate activations sharded over a tensor-parallel server's GPUs)."""
+    intermediate = model.intermediate_size // tensor_parallel_size
+    per_token = (2 * intermediate + 4 * model.hidden_size) * model.dtype_bytes
     logits = min(max_num_seqs, max_num_batched_tokens) * model.vocab_size * 4.0
     return max_num_batched_tokens * per_token + logits
 
@@ -218,9 +232,10 @@ class MemoryGuard:
         """What vLLM sets aside before the KV cache: weights, activations, non-torch (GiB)."""
         if self.footprint_gb is not None:
             return self.footprint_gb + self.non_torch_gb
-        weights = weight_bytes(self.model, config["quantization"])
+        tp = config.get("tensor_parallel_size", 1)
+        weights = weight_bytes(self.model, config["quantization"], tp)
         activations = activation_bytes(
-            self.model, config["max_num_batched_tokens"], config["max_num_seqs"]
+            self.model, config["max_num_batched_tokens"], config["max_num_seqs"], tp
         )
         return (weights + activations) / GIB + self.non_torch_gb
 
@@ -270,10 +285,15 @@ class MemoryGuard:
         return Repair(fixed, tuple(changes))
 
     def _kv_bytes(self, config: dict[str, Any]) -> float:
-        """KV bytes per token under ``config``: an fp8 KV cache stores one byte an element."""
+        """KV bytes per token on each GPU under ``config``: an fp8 KV cache stores one byte an
+        element; tensor parallelism shards the KV heads."""
+        per_token = self.kv_bytes_per_token
+        tp = config.get("tensor_parallel_size", 1)
+        if tp != 1:
+            per_token *= kv_heads_per_gpu(self.model, tp) / self.model.num_kv_heads
         if config.get("kv_cache_dtype", "auto") == "fp8":
-            return self.kv_bytes_per_token / self.model.dtype_bytes
-        return self.kv_bytes_per_token
+            return per_token / self.model.dtype_bytes
+        return per_token
 
     def _util_for(self, config: dict[str, Any], tokens: int) -> float | None:
         """The smallest utilisation (rounded up to 0.001) that gives ``tokens`` KV tokens."""

@@ -32,6 +32,8 @@ ENGINE_EXTRAS: tuple[str, ...] = (
     "kv_cache_dtype",
     "long_prefill_token_threshold",
     "scheduling_policy",
+    "tensor_parallel_size",
+    "data_parallel_size",
 )
 # the simulator's serving choices, knobs of the space only where the space gives them
 SERVING_KNOBS: tuple[str, ...] = ("scheduler", "replicas", "router", "spec_decode")

@@ -67,6 +67,15 @@ def test_defaults_are_the_seed_setting(compose) -> None:
         ),
         ("hardware.kv_cache_dtypes=[int4]", "hardware.kv_cache_dtypes='int4' is not known"),
         (
+            "space.tensor_parallel_size=[1,0]",
+            "space.tensor_parallel_size has 0; each must be in [1, 1024]",
+        ),
+        (
+            "space.data_parallel_size=[2] space.replicas=[1,2]",
+            "space.data_parallel_size is vLLM's own engines behind its balancer; it cannot be "
+            "combined with the simulator's replicas",
+        ),
+        (
             "space.scheduling_policy=[fcfs,lifo]",
             "space.scheduling_policy='lifo' is not known; choose one of: fcfs, priority",
         ),
@@ -92,6 +101,8 @@ def test_defaults_are_the_seed_setting(compose) -> None:
         ("knobs.kv_cache_dtype=fp4", "knobs.kv_cache_dtype='fp4' is not known"),
         ("knobs.long_prefill_token_threshold=-1", "knobs.long_prefill_token_threshold=-1 is"),
         ("knobs.scheduling_policy=sjf", "knobs.scheduling_policy='sjf' is not known; choose"),
+        ("knobs.tensor_parallel_size=0", "knobs.tensor_parallel_size=0 is invalid"),
+        ("knobs.data_parallel_size=-2", "knobs.data_parallel_size=-2 is invalid"),
         (
             "knobs.long_prefill_token_threshold=256",
             "knob 'long_prefill_token_threshold' is not in this space; it is searched when the "

@@ -33,6 +33,9 @@ def test_a_serve_line_a_user_can_paste() -> None:
     ranked = serve_command("m", {**KNOBS, "scheduling_policy": "priority"})
     assert ranked.endswith("--enable-prefix-caching --scheduling-policy priority")
     assert "policy" not in serve_command("m", {**KNOBS, "scheduling_policy": "fcfs"})
+    sharded = serve_command("m", {**KNOBS, "tensor_parallel_size": 4, "data_parallel_size": 2})
+    assert sharded.endswith("--tensor-parallel-size 4 --data-parallel-size 2")
+    assert "parallel" not in serve_command("m", {**KNOBS, "tensor_parallel_size": 1})
 
 
 def test_the_config_file_has_vllms_flag_names() -> None:
@@ -53,6 +56,7 @@ def test_the_simulators_own_choices_are_named_apart() -> None:
     assert simulated_only({**KNOBS, "kv_cache_dtype": "fp8"}) == {}  # a vLLM flag
     assert simulated_only({**KNOBS, "long_prefill_token_threshold": 256}) == {}
     assert simulated_only({**KNOBS, "scheduling_policy": "priority"}) == {}
+    assert simulated_only({**KNOBS, "tensor_parallel_size": 2}) == {}
     assert simulated_only({**KNOBS, "scheduler": "slos-serve", "replicas": 2}) == {
         "scheduler": "slos-serve",
         "replicas": 2,

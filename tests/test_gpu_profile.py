@@ -136,6 +136,15 @@ def test_guard_predicts_the_kv_cache_vllm_allocates(l4) -> None:
     assert guard.kv_tokens(config) == plan.kv_cache_tokens
 
 
+@pytest.mark.parametrize("tp", [2, 4, 8])
+def test_guard_predicts_a_tensor_parallel_kv_cache(compose, tp) -> None:
+    cfg = compose("model=llama-3.1-8b", "hardware=4xl4-24gb", "hardware.gpus_per_trial=8",
+                  "space.tensor_parallel_size=[1,2,4,8]")  # fmt: skip
+    config = SearchSpace.from_config(cfg.space).complete({"tensor_parallel_size": tp})
+    plan, _ = plan_memory(cfg.model, cfg.hardware, config)
+    assert memory_guard(cfg).kv_tokens(config) == plan.kv_cache_tokens
+
+
 def test_guard_raises_utilisation_then_lowers_max_model_len(l4) -> None:
     cfg, space = l4
     guard = memory_guard(cfg)

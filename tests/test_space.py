@@ -117,3 +117,14 @@ def test_scheduling_policy_is_a_knob_only_where_the_space_lists_it(compose) -> N
     knob = space.knobs["scheduling_policy"]
     assert knob == CategoricalKnob("scheduling_policy", ("fcfs", "priority"), "fcfs")
     assert space.complete({})["scheduling_policy"] == "fcfs"
+
+
+def test_parallel_sizes_are_knobs_only_where_the_space_lists_them(compose) -> None:
+    assert "tensor_parallel_size" not in SearchSpace.from_config(compose().space).knobs
+    space = SearchSpace.from_config(compose("space.tensor_parallel_size=[1,2,4]").space)
+    assert space.knobs["tensor_parallel_size"] == CategoricalKnob(
+        "tensor_parallel_size", (1, 2, 4), 1
+    )
+    assert "data_parallel_size" not in space.knobs
+    both = SearchSpace.from_config(compose("space.data_parallel_size=[2,1]").space)
+    assert both.knobs["data_parallel_size"] == CategoricalKnob("data_parallel_size", (2, 1), 2)

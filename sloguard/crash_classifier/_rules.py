@@ -244,9 +244,13 @@ RULES: tuple[Rule, ...] = (
         CONFIG, "parallelism_invalid",
         r"must be divisible by (tensor|pipeline) parallel size|\d+ is not divisible by \d+"
         r"|not divisible by group_size|number of required GPUs exceeds|set tensor_parallel_size"
-        r" \(\d+\) to less than|Pipeline parallelism is (not|only) supported",
+        r" \(\d+\) to less than|Pipeline parallelism is (not|only) supported"
+        r"|World size \(\d+\) is larger than the number of available GPUs"
+        r"|Error computing device indices for",
         "ModelConfig.verify_with_parallel_config", "distributed/utils.py ensure_divisibility",
         "executors: GPU count checks",
+        "config/parallel.py ParallelConfig.__post_init__ (0.32: world size over the GPUs)",
+        "v1/engine/utils.py get_physical_gpu_ids_for_local_dp_rank (0.32: DP past the GPUs)",
     ),
     _rule(
         CONFIG, "kv_cache_dtype_unsupported",

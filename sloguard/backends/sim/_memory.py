@@ -85,7 +85,8 @@ def plan_memory(
             f"{budget / GIB:.2f} GiB). Decrease GPU memory utilization or reduce GPU memory "
             "used by other processes.",
         )
-    weights = weight_bytes(model, knobs["quantization"])
+    tp = knobs.get("tensor_parallel_size", 1)
+    weights = weight_bytes(model, knobs["quantization"], tp)
     if weights > free:
         return None, _oom(
             "weights_do_not_fit",
@@ -93,10 +94,12 @@ def plan_memory(
             f"{weights / GIB:.2f} GiB while loading weights. GPU 0 has a total capacity of "
             f"{total / GIB:.2f} GiB",
         )
-    activation = activation_bytes(model, knobs["max_num_batched_tokens"], knobs["max_num_seqs"])
+    activation = activation_bytes(
+        model, knobs["max_num_batched_tokens"], knobs["max_num_seqs"], tp
+    )
     non_torch = hw.non_torch_memory_gb * GIB
     kv = budget - weights - activation - non_torch
-    per_token = kv_bytes_per_token(model, knobs.get("kv_cache_dtype", "auto"))
+    per_token = kv_bytes_per_token(model, knobs.get("kv_cache_dtype", "auto"), tp)
     if kv <= 0:
         return None, _oom(
             "no_kv_cache_memory",
@@ -180,6 +183,11 @@ def startup_seconds(model: ModelConfig, hw: HardwareConfig, knobs: dict[str, Any
 def _config_refusal(
     model: ModelConfig, hw: HardwareConfig, knobs: dict[str, Any]
 ) -> CrashInfo | None:
+    refusal = _parallel_refusal(
+        model, hw, knobs.get("tensor_parallel_size", 1), knobs.get("data_parallel_size", 1)
+    )
+    if refusal:
+        return refusal
     max_len, tokens = knobs["max_model_len"], knobs["max_num_batched_tokens"]
     if max_len > model.max_position_embeddings:
         return _config(
@@ -223,6 +231,42 @@ def _config_refusal(
             f"ValueError: The quantization method {knobs['quantization']} is not supported for "
             f"the current GPU ({hw.name}).",
         )
+    return None
+
+
+def _parallel_refusal(
+    model: ModelConfig, hw: HardwareConfig, tp: int, dp: int
+) -> CrashInfo | None:
+    """vLLM 0.32's refusals of a tensor- and data-parallel size: attention heads the tensor
+    size does not divide (``ModelConfig.verify_with_parallel_config``), more GPUs than the
+    server has (``ParallelConfig.__post_init__``), KV heads it neither divides nor is a
+    multiple of (``QKVParallelLinear`` through ``distributed/utils.py divide``, at weight load);
+    data-parallel engines past the GPUs the trial's ``CUDA_VISIBLE_DEVICES`` lists
+    (``v1/engine/utils.py get_physical_gpu_ids_for_local_dp_rank``)."""
+    heads, kv_heads = model.num_attention_heads, model.num_kv_heads
+    if heads % tp:
+        return _config(
+            "parallelism_invalid",
+            f"ValueError: Total number of attention heads ({heads}) must be divisible by "
+            f"tensor parallel size ({tp}).",
+        )
+    if tp > hw.gpus_per_trial:
+        return _config(
+            "parallelism_invalid",
+            f"ValueError: World size ({tp}) is larger than the number of available GPUs "
+            f"({hw.gpus_per_trial}) in this node.",
+        )
+    if tp * dp > hw.gpus_per_trial:
+        rank = hw.gpus_per_trial // tp  # the first engine whose GPUs are not there
+        visible = ",".join(str(i) for i in range(hw.gpus_per_trial))
+        return _config(
+            "parallelism_invalid",
+            f"Exception: Error computing device indices for CUDA_VISIBLE_DEVICES: local range: "
+            f'[{rank * tp}, {(rank + 1) * tp}) base value: "{visible}"',
+        )
+    big, small = (tp, kv_heads) if tp >= kv_heads else (kv_heads, tp)
+    if big % small:
+        return _config("parallelism_invalid", f"AssertionError: {big} is not divisible by {small}")
     return None
 
 

@@ -7,6 +7,11 @@ per step plus the KV cache of every decoding sequence. The overhead is small wit
 compute faster) and larger in eager mode, where it grows with the number of layers; each sampled
 sequence adds its share of CPU work (sampling, detokenising, streaming the token out). Noise
 scales the overheads, not the kernels: host-side work is what varies from step to step.
+
+Tensor parallelism over ``t`` GPUs divides the compute and the weight and KV reads among them
+(each reads its own KV heads, a copy where there are more GPUs than heads) and adds two
+all-reduces per layer of the step's hidden states (a ring: ``2 (t - 1) / t`` of their bytes
+over the interconnect, plus a fixed latency each), not overlapped with the kernels.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class StepTimeModel:
 
     def __init__(self, model: ModelConfig, hw: HardwareConfig, knobs: dict[str, Any]) -> None:
         quant = knobs["quantization"]
+        tp = knobs.get("tensor_parallel_size", 1)
         computed = model.active_params_b or model.num_params_b  # a token's experts only
         body_params = max(computed * 1e9 - embedding_params(model), 0.0)
         self.flops_per_token = 2.0 * body_params
@@ -46,12 +52,18 @@ class StepTimeModel:
         self.weight_bytes = weight_bytes(model, quant) - embedding_params(model) * (
             model.dtype_bytes
         )
-        self.kv_bytes_per_token = kv_bytes_per_token(model, knobs.get("kv_cache_dtype", "auto"))
+        kv_dtype = knobs.get("kv_cache_dtype", "auto")
+        self.kv_bytes_per_token = kv_bytes_per_token(model, kv_dtype, tp) * tp  # all GPUs'
         self.flops_per_s = (
-            hw.peak_tflops * 1e12 * hw.compute_efficiency * (QUANT_COMPUTE_FACTOR[quant])
+            hw.peak_tflops * 1e12 * hw.compute_efficiency * (QUANT_COMPUTE_FACTOR[quant]) * tp
         )
         self.attn_flops_per_s = self.flops_per_s * hw.attention_efficiency
-        self.bytes_per_s = hw.mem_bw_gbps * 1e9 * hw.bandwidth_efficiency
+        self.bytes_per_s = hw.mem_bw_gbps * 1e9 * hw.bandwidth_efficiency * tp
+        ring = 2.0 * (tp - 1) / tp  # of the bytes each GPU sends and receives per all-reduce
+        self.comm_s = 2 * model.num_layers * hw.allreduce_latency_us * 1e-6 if tp > 1 else 0.0
+        self.comm_per_token = (
+            2 * model.num_layers * ring * model.hidden_size * model.dtype_bytes
+        ) / (hw.interconnect_gbps * 1e9)
         graphs = not knobs["enforce_eager"] and hw.supports_cudagraphs
         captured = hw.cudagraph_max_tokens if hw.graphs_dynamic else 2 * knobs["max_num_seqs"]
         self.graph_tokens = min(captured, hw.cudagraph_max_tokens) if graphs else 0
@@ -117,6 +129,7 @@ class StepTimeModel:
             self.flops_per_token / self.flops_per_s
             + self.attn_flops_per_pair * context_per_token / self.attn_flops_per_s
         )
+        comm = self.comm_per_token
         best = 0
         for graph in (True, False):
             if graph:
@@ -127,9 +140,14 @@ class StepTimeModel:
             else:
                 left = seconds - self.eager_overhead - self.seq_overhead * sampled
                 factor = 1.0
+            if comm:  # the all-reduces take their time beside the kernels'
+                left -= self.comm_s + comm * tokens
             if left < memory:
                 continue
-            extra = int((left / factor - fixed) / per_token)
+            if comm:
+                extra = int((left - fixed * factor) / (per_token * factor + comm))
+            else:
+                extra = int((left / factor - fixed) / per_token)
             if graph:
                 extra = min(extra, self.graph_tokens - tokens)
             elif tokens + extra <= self.graph_tokens:
@@ -153,10 +171,12 @@ class StepTimeModel:
             attn_pairs + decode_context
         ) / self.attn_flops_per_s
         memory = (self.weight_bytes + self.kv_bytes_per_token * decode_context) / self.bytes_per_s
-        if num_tokens <= self.graph_tokens:
-            work = maximum(compute * self.graph_compute, memory)
+        graph = num_tokens <= self.graph_tokens
+        work = maximum(compute * self.graph_compute, memory) if graph else maximum(compute, memory)
+        if self.comm_s:
+            work = work + self.comm_s + self.comm_per_token * num_tokens
+        if graph:
             return work + (self.graph_overhead + self.graph_seq_overhead * num_sampled) * jitter
-        work = maximum(compute, memory)
         return work + (self.eager_overhead + self.seq_overhead * num_sampled) * jitter
 
 

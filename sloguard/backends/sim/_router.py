@@ -12,6 +12,11 @@ replica there is no router: the engine queues (and preempts) as it would alone.
 - ``slo-aware``: SLOs-Serve's centralised controller: the next replica in turn whose admission
   plan can admit the request; if none can, the next in turn, where it is served best effort
   (a replica without an admission plan, the vllm scheduler's, admits whatever it can hold).
+- ``dp-balance``: vLLM's own balancer over the engines of a data-parallel server (0.32
+  ``DPLBAsyncMPClient.get_core_engine_for_request``): the engine with the fewest requests in
+  flight, plus 6 x its waiting requests x its KV usage over half; ties go to the next engine
+  in turn. It never holds a request back (the engine queues it) and keeps no affinity between
+  rounds. vLLM's view of waiting requests and KV usage lags by up to 100 ms; here it is current.
 """
 
 from __future__ import annotations
@@ -121,4 +126,37 @@ class SloAware(RoundRobin):
         return super().choose(rid, admit or fits)
 
 
-ROUTERS: dict[str, type[Router]] = {cls.name: cls for cls in (RoundRobin, LeastLoaded, SloAware)}
+class DataParallelBalance(Router):
+    """vLLM's data-parallel balancer: fewest requests in flight, a queue on a full engine
+    penalised; never holds a request back."""
+
+    name = "dp-balance"
+    _turn = 0
+
+    def __init__(self, engines: list[Engine], reqs: Requests) -> None:
+        super().__init__(engines, reqs)
+        self.in_flight = [0] * len(engines)
+
+    def _place(self, rid: int) -> Engine | None:
+        n = len(self.engines)
+        index = min(((self._turn + k) % n for k in range(n)), key=self._score)
+        self._turn = (self._turn + 1) % n
+        self.in_flight[index] += 1
+        self.home[rid] = index
+        self.history[index].append(rid)
+        return self.engines[index]
+
+    def done(self, rid: int) -> None:
+        home = self.home.pop(rid, None)
+        if home is not None:
+            self.in_flight[home] -= 1
+
+    def _score(self, index: int) -> float:
+        engine = self.engines[index]
+        usage = 1.0 - engine.free_blocks / engine.total_blocks
+        return self.in_flight[index] + len(engine.waiting) * 6.0 * max(0.0, usage - 0.5)
+
+
+ROUTERS: dict[str, type[Router]] = {
+    cls.name: cls for cls in (RoundRobin, LeastLoaded, SloAware, DataParallelBalance)
+}

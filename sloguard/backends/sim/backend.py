@@ -75,13 +75,15 @@ class SimBackend(BaseBackend):
         )
 
     def serving(self, config: dict[str, Any], slo: SloContract) -> ServingSettings:
-        """Scheduler, replicas, router and speculation: the backend's, or the trial's knobs."""
+        """Scheduler, replicas, router and speculation: the backend's, or the trial's knobs (a
+        data-parallel size runs that many engines behind vLLM's balancer)."""
         backend = self.settings.backend
         spec = backend.spec_decode
+        engines = int(config.get("data_parallel_size", 1))  # vLLM's engines, its own balancer
         return ServingSettings(
             scheduler=config.get("scheduler", backend.scheduler),
-            replicas=int(config.get("replicas", backend.replicas)),
-            router=config.get("router", backend.router),
+            replicas=engines if engines > 1 else int(config.get("replicas", backend.replicas)),
+            router="dp-balance" if engines > 1 else config.get("router", backend.router),
             soft_admission=backend.soft_admission,
             spec=dataclasses.replace(spec, enabled=bool(config.get("spec_decode", spec.enabled))),
             ttft_ms=slo.ttft_ms,

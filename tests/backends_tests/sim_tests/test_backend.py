@@ -111,3 +111,16 @@ def test_oom_under_load_passes_the_memory_probe(evaluate) -> None:
     )
     assert result.crash.subcause == "oom_under_load" and result.crash.phase == "load"
     assert result.server["kv_cache_tokens"] > 0  # it started
+
+
+def test_a_data_parallel_server_runs_its_engines_behind_vllms_balancer(evaluate, compose) -> None:
+    cfg = compose("hardware=4xl4-24gb", "space.data_parallel_size=[1,2,4]")
+    backend = create_backend(cfg)
+    slo = slo_from_config(cfg)
+    serving = backend.serving({"data_parallel_size": 4}, slo)
+    assert (serving.replicas, serving.router) == (4, "dp-balance")
+    assert backend.serving({"data_parallel_size": 1}, slo).replicas == 1
+    over = ("hardware=4xl4-24gb", "space.data_parallel_size=[1,2,4]")  # 32 chat users
+    one, four = (evaluate(*over, data_parallel_size=dp) for dp in (1, 4))
+    assert min(four.server[f"replica{i}_requests"] for i in range(4)) > 0
+    assert four.metrics["ttft_p99_ms"] < one.metrics["ttft_p99_ms"]

@@ -1,7 +1,7 @@
 import pytest
 
 from sloguard.backends.sim import plan_memory
-from sloguard.crash_classifier import CrashCategory
+from sloguard.crash_classifier import CrashCategory, classify
 from sloguard.gpu_profile import kv_bytes_per_token
 from sloguard.space import SearchSpace
 
@@ -30,6 +30,18 @@ def test_kv_budget_is_utilisation_minus_weights_activations_overhead(compose) ->
         cfg.model, cfg.hardware, _knobs(cfg, max_num_batched_tokens=8192)
     )
     assert bigger_budget.activation_gib > plan.activation_gib
+
+
+def test_tensor_parallelism_shards_weights_and_kv_heads(compose) -> None:
+    cfg = compose("model=llama-3.1-8b", "hardware=4xl4-24gb", "space.tensor_parallel_size=[1,2,4]")
+    one, two = (plan_memory(cfg.model, cfg.hardware, _knobs(cfg, tensor_parallel_size=tp))[0]
+                for tp in (1, 2))  # fmt: skip
+    assert two.weights_gib == pytest.approx(one.weights_gib / 2)
+    assert two.activation_gib < one.activation_gib
+    # each GPU holds 4 of the 8 KV heads of every token, in more free memory
+    assert kv_bytes_per_token(cfg.model, "auto", 2) == kv_bytes_per_token(cfg.model) / 2
+    assert two.num_blocks == int(two.kv_cache_gib * 2**30 // (64 * 1024 * 16))
+    assert two.kv_cache_tokens > 4 * one.kv_cache_tokens
 
 
 @pytest.mark.parametrize(
@@ -95,6 +107,38 @@ def test_kv_budget_is_utilisation_minus_weights_activations_overhead(compose) ->
             "quantization_unsupported",
             "quantization method awq",
         ),
+        (
+            ["model=llama-3.1-8b", "hardware=4xh100-80gb", "space.tensor_parallel_size=[1,3]"],
+            {"tensor_parallel_size": 3},
+            CrashCategory.CONFIG,
+            "parallelism_invalid",
+            "Total number of attention heads (32) must be divisible by tensor parallel size (3)",
+        ),
+        (
+            ["model=llama-3.1-8b", "hardware=h100-80gb", "space.tensor_parallel_size=[1,2]"],
+            {"tensor_parallel_size": 2},
+            CrashCategory.CONFIG,
+            "parallelism_invalid",
+            "World size (2) is larger than the number of available GPUs (1) in this node",
+        ),
+        (
+            [
+                "hardware=4xh100-80gb",
+                "space.tensor_parallel_size=[2]",
+                "space.data_parallel_size=[4]",
+            ],
+            {"tensor_parallel_size": 2, "data_parallel_size": 4},
+            CrashCategory.CONFIG,
+            "parallelism_invalid",
+            'CUDA_VISIBLE_DEVICES: local range: [4, 6) base value: "0,1,2,3"',
+        ),
+        (
+            ["hardware=4xh100-80gb", "space.tensor_parallel_size=[1,3]"],  # 12 heads, 2 KV heads
+            {"tensor_parallel_size": 3},
+            CrashCategory.CONFIG,
+            "parallelism_invalid",
+            "AssertionError: 3 is not divisible by 2",
+        ),
     ],
 )
 def test_startup_refusals_read_like_vllm(
@@ -105,6 +149,8 @@ def test_startup_refusals_read_like_vllm(
     assert plan is None
     assert (crash.category, crash.subcause, crash.phase) == (category, subcause, "startup")
     assert text in crash.evidence
+    again = classify(crash.evidence, 1, phase="startup")  # as a real server's log would read
+    assert (again.category, again.subcause) == (category, subcause)
 
 
 def test_an_fp8_kv_cache_holds_twice_the_tokens_and_is_refused_below_sm89(compose) -> None:

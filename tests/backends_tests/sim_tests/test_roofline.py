@@ -11,9 +11,11 @@ def _model(compose, *overrides: str, **knobs) -> StepTimeModel:
     return StepTimeModel(cfg.model, cfg.hardware, {**KNOBS, **knobs})
 
 
-@pytest.mark.parametrize("eager", [True, False])
-def test_vectorised_decode_is_the_scalar_model_float_for_float(compose, eager) -> None:
-    model = _model(compose, "hardware.seq_overhead_ms=0.05", enforce_eager=eager)
+@pytest.mark.parametrize(("eager", "tp"), [(True, 1), (False, 1), (False, 2)])
+def test_vectorised_decode_is_the_scalar_model_float_for_float(compose, eager, tp) -> None:
+    model = _model(
+        compose, "hardware.seq_overhead_ms=0.05", enforce_eager=eager, tensor_parallel_size=tp
+    )
     contexts = np.arange(100, 5000, 37)
     jitters = np.random.default_rng(0).lognormal(0, 0.3, len(contexts))
     expected = [model(6, 6, 0.0, int(c), float(j)) for c, j in zip(contexts, jitters, strict=True)]
@@ -57,3 +59,32 @@ def test_an_fp8_kv_cache_halves_the_kv_reads_of_a_decode_step(compose) -> None:
     # 64 sequences at 4k context: the KV reads dominate, so the step is clearly faster
     assert fp8(64, 64, 0, 64 * 4096) < 0.8 * auto(64, 64, 0, 64 * 4096)
     assert fp8(64, 64, 0, 64 * 16) == pytest.approx(auto(64, 64, 0, 64 * 16), rel=0.05)
+
+
+def test_tensor_parallelism_splits_the_work_and_adds_two_all_reduces_a_layer(compose) -> None:
+    one = _model(compose, enforce_eager=True)
+    two = _model(compose, enforce_eager=True, tensor_parallel_size=2)
+    # A100 NVLink: 230 GB/s bus bandwidth, 10 us an all-reduce; Qwen2-1.5B: 28 layers x 1536
+    assert two.comm_s == pytest.approx(2 * 28 * 10e-6)
+    assert two.comm_per_token == pytest.approx(2 * 28 * 1.0 * 1536 * 2 / 230e9)
+    # a 2048-token prefill is compute-bound: half the kernel time, plus the all-reduces
+    kernels = one(2048, 1, 2e6, 0) - one.eager_overhead
+    expected = kernels / 2 + two.comm_s + two.comm_per_token * 2048 + one.eager_overhead
+    assert two(2048, 1, 2e6, 0) == pytest.approx(expected)
+    # two GPUs' KV heads (Qwen2 has 2): each reads one, the same bytes in all
+    assert two.kv_bytes_per_token == one.kv_bytes_per_token
+
+
+@pytest.mark.parametrize("tp", [1, 2, 4])
+@pytest.mark.parametrize("eager", [True, False])
+def test_extra_tokens_is_the_inverse_of_a_step(compose, tp, eager) -> None:
+    model = _model(compose, enforce_eager=eager, tensor_parallel_size=tp)
+    step = (16, 16, 0.0, 16 * 1000)  # a decode batch; prompt tokens added at context 500
+    for seconds in (0.01, 0.02, 0.05):
+        extra = model.extra_tokens(seconds, step, 500.0)
+        assert extra > 0
+
+        def timed(n: int) -> float:
+            return model(step[0] + n, step[1], step[2] + n * 500.0, step[3])
+
+        assert timed(extra) <= seconds + 1e-12 < timed(extra + 1), (seconds, extra)

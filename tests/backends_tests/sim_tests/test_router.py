@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections import deque
+from types import SimpleNamespace
+
 import pytest
 
 from sloguard.backends.sim import ROUTERS, ServingSettings
@@ -14,7 +17,7 @@ def test_the_router_names_are_the_configs() -> None:
     assert tuple(ROUTERS) == ROUTER_NAMES
 
 
-@pytest.mark.parametrize("router", ROUTER_NAMES)
+@pytest.mark.parametrize("router", [r for r in ROUTER_NAMES if r != "dp-balance"])
 @pytest.mark.parametrize("scheduler", ["vllm", "slos-serve"])
 def test_no_replica_is_given_more_than_its_kv_holds(
     serve: Serve, router: str, scheduler: str
@@ -65,3 +68,32 @@ def test_two_replicas_serve_twice_the_rate_as_well_as_one_serves_its_own(serve: 
 
     assert all(r.success for r in one.records + two.records)
     assert mean_ttft(two) <= 1.2 * mean_ttft(one)
+
+
+def test_dp_balance_picks_the_fewest_in_flight_and_shuns_a_queue_on_a_full_engine() -> None:
+    engines = [SimpleNamespace(waiting=deque(), free_blocks=100, total_blocks=100)
+               for _ in range(3)]  # fmt: skip
+    reqs = SimpleNamespace(workload=SimpleNamespace(follows=None))
+    router = ROUTERS["dp-balance"](engines, reqs)  # type: ignore[arg-type]
+
+    def at(rid: int) -> int:
+        engine = router(rid)
+        return next(i for i, e in enumerate(engines) if e is engine)
+
+    assert [at(rid) for rid in range(3)] == [0, 1, 2]  # ties: in turn
+    router.done(1)
+    assert at(3) == 1  # the fewest in flight
+    router.done(0)
+    router.done(2)  # every engine has one in flight; engine 1 is 90% full with 2 waiting
+    engines[1].free_blocks, engines[1].waiting = 10, deque([7, 8])
+    # engine 1 scores 1 + 2 x 6 x (0.9 - 0.5); the scan starts one engine further each time
+    assert [at(rid) for rid in (4, 5)] == [2, 0]
+    assert not router.held  # it never holds a request back
+
+
+def test_dp_balance_spreads_a_burst_over_the_engines(serve: Serve) -> None:
+    load = ["workload=mixed", "workload.num_requests=300", "workload.request_rate=80"]
+    run, _ = serve(load, ServingSettings(replicas=3, router="dp-balance"), num_blocks=400)
+    counts = [s.requests for s in run.replicas]
+    assert sum(counts) == 300 and max(counts) - min(counts) <= 30, counts
+    assert all(r.success for r in run.records)
