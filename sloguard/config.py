@@ -109,7 +109,7 @@ class HardwareConfig:
     quantization: list[str] = field(default_factory=lambda: ["fp16", "fp8", "awq", "gptq"])
     # --kv-cache-dtype values an attention backend on this device accepts (vLLM refuses others)
     kv_cache_dtypes: list[str] = field(default_factory=lambda: ["auto", "fp8"])
-    # GPUs each trial's server gets (workers=auto: GPUs / this); tensor_parallel_size <= this
+    # GPUs each trial's server gets (workers=auto: GPUs / this): tensor x data parallel <= this
     gpus_per_trial: int = num(1, ge=1, le=1024)
     # tensor parallelism: all-reduce bus bandwidth between the GPUs (NCCL's busbw), and the
     # latency of one small all-reduce
@@ -330,8 +330,8 @@ class SpaceConfig:
     kv_cache_dtype: list[str] = field(default_factory=list)  # e.g. [auto,fp8]
     # per-request prefill tokens per step (0: no cap), e.g. [0,256,1024]
     long_prefill_token_threshold: list[int] = field(default_factory=list)
-    # fcfs, or priority: requests carry their SLO class's rank (tightest first), e.g.
-    # [fcfs,priority]
+    # fcfs, or priority: requests carry their SLO class's rank (tightest median limits
+    # first), e.g. [fcfs,priority]
     scheduling_policy: list[str] = field(default_factory=list)
     # GPUs one server shards the model over, e.g. [1,2,4]; and engines it runs, each on
     # tensor_parallel_size GPUs, balanced by vLLM (tensor x data parallel <= the trial's GPUs)
@@ -558,11 +558,11 @@ def _check_serving(backend: DictConfig, space: DictConfig) -> None:
         for size in space[name]:
             if not 1 <= size <= 1024:
                 raise ConfigError(f"space.{name} has {size}; each must be in [1, 1024]")
-    if space.data_parallel_size and (space.replicas or backend.replicas != 1):
+    if space.data_parallel_size and (space.replicas or space.router or backend.replicas != 1):
         raise ConfigError(
             "space.data_parallel_size is vLLM's own engines behind its balancer; it cannot be "
-            "combined with the simulator's replicas (space.replicas, backend.replicas): give "
-            "one or the other"
+            "combined with the simulator's replicas and router (space.replicas, space.router, "
+            "backend.replicas): give one or the other"
         )
     for threshold in space.long_prefill_token_threshold:  # vLLM: Field(ge=0)
         if threshold < 0:

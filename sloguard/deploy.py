@@ -50,6 +50,11 @@ def serve_command(model: str, knobs: dict[str, Any]) -> str:
 def serve_config(knobs: dict[str, Any]) -> str:
     """``knobs`` as the YAML file ``vllm serve MODEL --config FILE`` reads (flag names as keys)."""
     lines = [f"# vllm serve MODEL --config {SERVE_CONFIG}  (written by SLO-Guard)"]
+    if knobs.get("scheduling_policy") == "priority":
+        lines.append(
+            '# clients send each request\'s "priority" (lower first; SLO-Guard measured its SLO '
+            "class's rank); without one every request is 0, served in arrival order"
+        )
     for key, value in _as_options(knobs).items():
         text = str(value).lower() if isinstance(value, bool) else str(value)
         lines.append(f"{key}: {text}")

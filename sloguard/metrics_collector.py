@@ -275,12 +275,16 @@ _STARTUP_PATTERNS: dict[str, re.Pattern[str]] = {
 
 
 def parse_metrics(text: str) -> dict[str, float]:
-    """vLLM's Prometheus text as ``{sample name: value}``, summed over label sets (engines)."""
+    """vLLM's Prometheus text as ``{sample name: value}`` over label sets (a data-parallel
+    server's engines): counts summed, KV usage the fullest engine's."""
     values: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name in _GAUGES or sample.name in _COUNTERS:
-                values[sample.name] = values.get(sample.name, 0.0) + float(sample.value)
+            name, value = sample.name, float(sample.value)
+            if name == KV_USAGE:
+                values[name] = max(values.get(name, 0.0), value)
+            elif name in _GAUGES or name in _COUNTERS:
+                values[name] = values.get(name, 0.0) + value
     return values
 
 

@@ -87,12 +87,25 @@ class Workload:
 
     def priorities(self) -> list[int]:
         """Each request's priority under vLLM's ``priority`` scheduling policy (lower is served
-        first): the rank of its class's (TTFT, TPOT) limits, the tightest 0; all 0 without
-        classes."""
-        if self.classes is None:
+        first): its class's rank by the median TTFT limit of the class's requests, then by
+        their median TPOT limit (before the answer), the tightest 0; all 0 without classes.
+
+        Medians make classes comparable whether a class sets its TTFT in milliseconds or as a
+        slowdown over each prompt's zero-load TTFT.
+        """
+        classes = self.classes
+        if classes is None:
             return [0] * len(self)
-        limits = np.stack([self.classes.ttft_ms, self.classes.tpot_ms], axis=1)
-        return np.unique(limits, axis=0, return_inverse=True)[1].reshape(-1).tolist()
+        ids = np.unique(classes.class_ids)
+        keys = [
+            (
+                float(np.median(classes.ttft_ms[classes.class_ids == c])),
+                float(np.median(classes.tpot_ms[classes.class_ids == c])),
+            )
+            for c in ids
+        ]
+        rank = {int(c): sorted(set(keys)).index(key) for c, key in zip(ids, keys, strict=True)}
+        return [rank[int(c)] for c in classes.class_ids]
 
     def offered_rate(self) -> float:
         """Sessions per second the arrivals offer (first to last arrival); 0 for one or none."""

@@ -71,9 +71,9 @@ def test_defaults_are_the_seed_setting(compose) -> None:
             "space.tensor_parallel_size has 0; each must be in [1, 1024]",
         ),
         (
-            "space.data_parallel_size=[2] space.replicas=[1,2]",
+            "space.data_parallel_size=[2] space.router=[round-robin]",
             "space.data_parallel_size is vLLM's own engines behind its balancer; it cannot be "
-            "combined with the simulator's replicas",
+            "combined with the simulator's replicas and router",
         ),
         (
             "space.scheduling_policy=[fcfs,lifo]",

@@ -50,6 +50,9 @@ def test_the_config_file_has_vllms_flag_names() -> None:
         "enable-chunked-prefill: false",
         "enable-prefix-caching: true",
     ]
+    ranked = serve_config({**KNOBS, "scheduling_policy": "priority"}).splitlines()
+    assert ranked[1].startswith('# clients send each request\'s "priority"')
+    assert ranked[-1] == "scheduling-policy: priority"
 
 
 def test_the_simulators_own_choices_are_named_apart() -> None:

@@ -108,13 +108,19 @@ def test_parse_metrics_reads_a_real_vllm_scrape() -> None:
     assert all(name.startswith("vllm:") for name in values)  # histograms etc. are left out
 
 
-def test_parse_metrics_sums_engines() -> None:
+def test_parse_metrics_sums_engines_counts_and_takes_the_fullest_kv_cache() -> None:
     text = (
         "# TYPE vllm:num_preemptions counter\n"
         'vllm:num_preemptions_total{engine="0",model_name="m"} 3.0\n'
         'vllm:num_preemptions_total{engine="1",model_name="m"} 4.0\n'
+        "# TYPE vllm:kv_cache_usage_perc gauge\n"
+        'vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.8\n'
+        'vllm:kv_cache_usage_perc{engine="1",model_name="m"} 0.6\n'
+        "# TYPE vllm:num_requests_running gauge\n"
+        'vllm:num_requests_running{engine="0",model_name="m"} 5.0\n'
+        'vllm:num_requests_running{engine="1",model_name="m"} 2.0\n'
     )
-    assert parse_metrics(text) == {PREEMPTIONS: 7.0}
+    assert parse_metrics(text) == {PREEMPTIONS: 7.0, KV_USAGE: 0.8, RUNNING: 7.0}
 
 
 def test_server_metrics_deltas_peaks_and_hit_rate() -> None:

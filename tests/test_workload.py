@@ -206,3 +206,22 @@ def test_priorities_rank_the_classes_tightest_first() -> None:
     classed = with_limits(plain, [500, 100, 500, 2000], [50, 50, 20, 50])
     # (TTFT, TPOT): (100, 50) first, then (500, 20), (500, 50), (2000, 50)
     assert classed.priorities() == [2, 0, 1, 3]
+
+
+def test_priorities_rank_classes_by_their_median_limits_not_each_request(compose) -> None:
+    """``mixed`` sets TTFT limits as slowdowns of each prompt's zero-load TTFT: a class's
+    requests have different limits, and each request takes its class's rank."""
+    from sloguard.evaluation import workload_from_config
+
+    workload = workload_from_config(compose("workload=mixed"))
+    classes = workload.classes
+    ranks = workload.priorities()
+    assert len(set(classes.ttft_ms.tolist())) > len(classes.names)  # per-request limits
+    by_class = {}
+    for c, rank in zip(classes.class_ids.tolist(), ranks, strict=True):
+        by_class.setdefault(c, set()).add(rank)
+    assert all(len(r) == 1 for r in by_class.values())  # one rank a class
+    rank = {c: r.pop() for c, r in by_class.items()}
+    medians = {c: np.median(classes.ttft_ms[classes.class_ids == c]) for c in rank}
+    assert len(set(medians.values())) == len(medians)
+    assert [rank[c] for c in sorted(rank, key=medians.__getitem__)] == list(range(len(rank)))

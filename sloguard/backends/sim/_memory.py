@@ -183,12 +183,15 @@ def startup_seconds(model: ModelConfig, hw: HardwareConfig, knobs: dict[str, Any
 def _config_refusal(
     model: ModelConfig, hw: HardwareConfig, knobs: dict[str, Any]
 ) -> CrashInfo | None:
-    refusal = _parallel_refusal(
-        model, hw, knobs.get("tensor_parallel_size", 1), knobs.get("data_parallel_size", 1)
-    )
-    if refusal:
-        return refusal
-    max_len, tokens = knobs["max_model_len"], knobs["max_num_batched_tokens"]
+    """The first of vLLM 0.32's startup refusals, in the order it makes them: the model's
+    config, the parallel config, the scheduler's limits, the model against the parallel
+    config, placing the engines on GPUs, building the model and its kernels."""
+    checks = (_model_len, _world_size, _scheduler_limits, _heads, _placement, _kernels)
+    return next((r for check in checks if (r := check(model, hw, knobs)) is not None), None)
+
+
+def _model_len(model: ModelConfig, hw: HardwareConfig, knobs: dict[str, Any]) -> CrashInfo | None:
+    max_len = knobs["max_model_len"]
     if max_len > model.max_position_embeddings:
         return _config(
             "max_model_len_too_large",
@@ -196,6 +199,25 @@ def _config_refusal(
             f"({max_len}) is greater than the derived max_model_len "
             f"(max_position_embeddings={model.max_position_embeddings} in model's config.json).",
         )
+    return None
+
+
+def _world_size(model: ModelConfig, hw: HardwareConfig, knobs: dict[str, Any]) -> CrashInfo | None:
+    """More GPUs to a tensor-parallel engine than the node has (``ParallelConfig``)."""
+    tp = knobs.get("tensor_parallel_size", 1)
+    if tp > hw.gpus_per_trial:
+        return _config(
+            "parallelism_invalid",
+            f"ValueError: World size ({tp}) is larger than the number of available GPUs "
+            f"({hw.gpus_per_trial}) in this node.",
+        )
+    return None
+
+
+def _scheduler_limits(
+    model: ModelConfig, hw: HardwareConfig, knobs: dict[str, Any]
+) -> CrashInfo | None:
+    max_len, tokens = knobs["max_model_len"], knobs["max_num_batched_tokens"]
     if tokens < knobs["max_num_seqs"]:
         return _config(
             "batched_tokens_below_num_seqs",
@@ -217,6 +239,44 @@ def _config_refusal(
             f"ValueError: long_prefill_token_threshold ({threshold}) cannot be greater than the "
             f"max_model_len ({max_len}).",
         )
+    return None
+
+
+def _heads(model: ModelConfig, hw: HardwareConfig, knobs: dict[str, Any]) -> CrashInfo | None:
+    """Attention heads the tensor-parallel size does not divide
+    (``ModelConfig.verify_with_parallel_config``)."""
+    heads, tp = model.num_attention_heads, knobs.get("tensor_parallel_size", 1)
+    if heads % tp:
+        return _config(
+            "parallelism_invalid",
+            f"ValueError: Total number of attention heads ({heads}) must be divisible by "
+            f"tensor parallel size ({tp}).",
+        )
+    return None
+
+
+def _placement(model: ModelConfig, hw: HardwareConfig, knobs: dict[str, Any]) -> CrashInfo | None:
+    """Data-parallel engines past the GPUs the trial's ``CUDA_VISIBLE_DEVICES`` lists
+    (``v1/engine/utils.py get_physical_gpu_ids_for_local_dp_rank``); KV heads the
+    tensor-parallel size neither divides nor is a multiple of (``QKVParallelLinear`` through
+    ``distributed/utils.py divide``, as the model is built)."""
+    tp, dp = knobs.get("tensor_parallel_size", 1), knobs.get("data_parallel_size", 1)
+    if tp * dp > hw.gpus_per_trial:
+        rank = hw.gpus_per_trial // tp  # the first engine whose GPUs are not there
+        visible = ",".join(str(i) for i in range(hw.gpus_per_trial))
+        return _config(
+            "parallelism_invalid",
+            f"Exception: Error computing device indices for CUDA_VISIBLE_DEVICES: local range: "
+            f'[{rank * tp}, {(rank + 1) * tp}) base value: "{visible}"',
+        )
+    kv_heads = model.num_kv_heads
+    big, small = (tp, kv_heads) if tp >= kv_heads else (kv_heads, tp)
+    if big % small:
+        return _config("parallelism_invalid", f"AssertionError: {big} is not divisible by {small}")
+    return None
+
+
+def _kernels(model: ModelConfig, hw: HardwareConfig, knobs: dict[str, Any]) -> CrashInfo | None:
     kv_dtype = knobs.get("kv_cache_dtype", "auto")
     if kv_dtype not in hw.kv_cache_dtypes:
         return _config(  # vLLM 0.32 triton_attn.py TritonAttentionImpl.__init__ (below SM 8.9)
@@ -231,42 +291,6 @@ def _config_refusal(
             f"ValueError: The quantization method {knobs['quantization']} is not supported for "
             f"the current GPU ({hw.name}).",
         )
-    return None
-
-
-def _parallel_refusal(
-    model: ModelConfig, hw: HardwareConfig, tp: int, dp: int
-) -> CrashInfo | None:
-    """vLLM 0.32's refusals of a tensor- and data-parallel size: attention heads the tensor
-    size does not divide (``ModelConfig.verify_with_parallel_config``), more GPUs than the
-    server has (``ParallelConfig.__post_init__``), KV heads it neither divides nor is a
-    multiple of (``QKVParallelLinear`` through ``distributed/utils.py divide``, at weight load);
-    data-parallel engines past the GPUs the trial's ``CUDA_VISIBLE_DEVICES`` lists
-    (``v1/engine/utils.py get_physical_gpu_ids_for_local_dp_rank``)."""
-    heads, kv_heads = model.num_attention_heads, model.num_kv_heads
-    if heads % tp:
-        return _config(
-            "parallelism_invalid",
-            f"ValueError: Total number of attention heads ({heads}) must be divisible by "
-            f"tensor parallel size ({tp}).",
-        )
-    if tp > hw.gpus_per_trial:
-        return _config(
-            "parallelism_invalid",
-            f"ValueError: World size ({tp}) is larger than the number of available GPUs "
-            f"({hw.gpus_per_trial}) in this node.",
-        )
-    if tp * dp > hw.gpus_per_trial:
-        rank = hw.gpus_per_trial // tp  # the first engine whose GPUs are not there
-        visible = ",".join(str(i) for i in range(hw.gpus_per_trial))
-        return _config(
-            "parallelism_invalid",
-            f"Exception: Error computing device indices for CUDA_VISIBLE_DEVICES: local range: "
-            f'[{rank * tp}, {(rank + 1) * tp}) base value: "{visible}"',
-        )
-    big, small = (tp, kv_heads) if tp >= kv_heads else (kv_heads, tp)
-    if big % small:
-        return _config("parallelism_invalid", f"AssertionError: {big} is not divisible by {small}")
     return None
 
 

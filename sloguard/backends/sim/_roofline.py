@@ -59,6 +59,7 @@ class StepTimeModel:
         )
         self.attn_flops_per_s = self.flops_per_s * hw.attention_efficiency
         self.bytes_per_s = hw.mem_bw_gbps * 1e9 * hw.bandwidth_efficiency * tp
+        self.parallel = tp > 1
         ring = 2.0 * (tp - 1) / tp  # of the bytes each GPU sends and receives per all-reduce
         self.comm_s = 2 * model.num_layers * hw.allreduce_latency_us * 1e-6 if tp > 1 else 0.0
         self.comm_per_token = (
@@ -129,7 +130,7 @@ class StepTimeModel:
             self.flops_per_token / self.flops_per_s
             + self.attn_flops_per_pair * context_per_token / self.attn_flops_per_s
         )
-        comm = self.comm_per_token
+        comm = self.comm_per_token  # > 0 on a tensor-parallel server
         best = 0
         for graph in (True, False):
             if graph:
@@ -140,12 +141,15 @@ class StepTimeModel:
             else:
                 left = seconds - self.eager_overhead - self.seq_overhead * sampled
                 factor = 1.0
-            if comm:  # the all-reduces take their time beside the kernels'
+            if self.parallel:  # the all-reduces take their time beside the kernels'
                 left -= self.comm_s + comm * tokens
             if left < memory:
                 continue
-            if comm:
-                extra = int((left - fixed * factor) / (per_token * factor + comm))
+            if self.parallel:  # bounded by the kernels and by the memory reads, each + comm
+                extra = min(
+                    int((left - fixed * factor) / (per_token * factor + comm)),
+                    int((left - memory) / comm),
+                )
             else:
                 extra = int((left / factor - fixed) / per_token)
             if graph:
@@ -173,7 +177,7 @@ class StepTimeModel:
         memory = (self.weight_bytes + self.kv_bytes_per_token * decode_context) / self.bytes_per_s
         graph = num_tokens <= self.graph_tokens
         work = maximum(compute * self.graph_compute, memory) if graph else maximum(compute, memory)
-        if self.comm_s:
+        if self.parallel:
             work = work + self.comm_s + self.comm_per_token * num_tokens
         if graph:
             return work + (self.graph_overhead + self.graph_seq_overhead * num_sampled) * jitter

@@ -13,10 +13,12 @@ replica there is no router: the engine queues (and preempts) as it would alone.
   plan can admit the request; if none can, the next in turn, where it is served best effort
   (a replica without an admission plan, the vllm scheduler's, admits whatever it can hold).
 - ``dp-balance``: vLLM's own balancer over the engines of a data-parallel server (0.32
-  ``DPLBAsyncMPClient.get_core_engine_for_request``): the engine with the fewest requests in
-  flight, plus 6 x its waiting requests x its KV usage over half; ties go to the next engine
-  in turn. It never holds a request back (the engine queues it) and keeps no affinity between
-  rounds. vLLM's view of waiting requests and KV usage lags by up to 100 ms; here it is current.
+  ``DPLBAsyncMPClient.get_core_engine_for_request``) as one API server runs it: the engine
+  with the fewest requests in flight, plus 6 x its waiting requests x its KV usage over half;
+  ties go to the next engine in turn. It never holds a request back (the engine queues it) and
+  keeps no affinity between rounds. ``vllm serve`` starts one API server per engine by default,
+  each balancing its own share on waiting counts and KV usage up to 100 ms old; here there is
+  one, and its counts are current.
 """
 
 from __future__ import annotations

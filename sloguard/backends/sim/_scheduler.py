@@ -12,10 +12,11 @@ if TYPE_CHECKING:
 
 
 class VllmScheduler:
-    """vLLM v1's policy: running requests first, then waiting ones in arrival order.
+    """vLLM v1's policy: running requests first, then waiting ones in their queue's order.
 
     Each step schedules running requests first (one token per decode, the next chunk of a partial
-    prefill), then admits waiting ones in arrival order while there is room under
+    prefill), then admits waiting ones in arrival order (by priority under the priority policy,
+    below) while there is room under
     ``max_num_seqs`` and the token budget ``max_num_batched_tokens``. Without chunked prefill a
     prompt is prefilled whole or waits. When a running request needs a block and none is free,
     the newest running request is preempted and recomputed later, and no waiting request is
@@ -70,6 +71,13 @@ class VllmScheduler:
     planner_s: tuple[float, ...] = ()  # nothing is planned
 
     def schedule(self, engine: Engine) -> StepPlan:
+        plan = self._plan(engine)
+        while plan is None:  # it preempted all it reached (priority): vLLM's next step is now
+            plan = self._plan(engine)
+        return plan
+
+    def _plan(self, engine: Engine) -> StepPlan | None:
+        """One step's plan; ``None`` when preemption left it empty."""
         reqs = engine.reqs
         prompt, target, computed, generated, blocks = reqs.state
         running, waiting = engine.running, engine.waiting
@@ -131,8 +139,8 @@ class VllmScheduler:
                     spec.append(0)
             idx += 1
         engine.free_blocks = free_blocks
-        if not ids and preempted:  # the priority policy preempted the first request itself
-            return self.schedule(engine)  # vLLM's next step starts at once
+        if not ids and preempted:
+            return None
         if unscheduled:
             num_sampled, attn_pairs, decode_ctx = _totals(engine, ids, tokens, spec is not None)
         plan = StepPlan(ids, tokens, num_sampled, attn_pairs, decode_ctx, spec)
@@ -148,8 +156,8 @@ class VllmScheduler:
         return plan
 
     def _admit(self, engine: Engine, plan: StepPlan, budget: int, cap: int) -> None:
-        """Start waiting requests in arrival order while they fit the budget, seats and KV
-        (each given at most ``cap`` tokens)."""
+        """Start waiting requests in their queue's order while they fit the budget, seats and
+        KV (each given at most ``cap`` tokens)."""
         reqs = engine.reqs
         waiting, running, settings = engine.waiting, engine.running, engine.settings
         while waiting and len(running) < settings.max_num_seqs and budget > 0:

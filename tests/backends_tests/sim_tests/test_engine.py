@@ -115,6 +115,29 @@ def test_priority_policy_preempts_the_lowest_priority_request(prompts) -> None:
     assert ends["priority"][1] < ends["priority"][0]
 
 
+def test_a_step_recounted_from_its_requests_matches_its_running_totals(monkeypatch) -> None:
+    """The totals a step is timed by, recounted after a request is taken out of it
+    (``_totals``), are those the scheduler keeps as it plans, on every step of two runs."""
+    from sloguard.backends.sim._scheduler import VllmScheduler, _totals
+
+    plan_of = VllmScheduler._plan
+    seen = []
+
+    def checked(self, engine):
+        plan = plan_of(self, engine)
+        if plan is not None:
+            kept = (plan.num_sampled, plan.attn_pairs, plan.decode_context)
+            seen.append((_totals(engine, plan.ids, plan.tokens, plan.spec is not None), kept))
+        return plan
+
+    monkeypatch.setattr(VllmScheduler, "_plan", checked)
+    ranked = with_limits(_workload([8, 16], [40, 40], due=[0.0, 0.05]), [5000, 100])
+    _run(ranked, num_blocks=6, scheduling_policy="priority")
+    _run(_workload([40, 300, 12, 90], [6, 3, 9, 4], due=[0, 0.01, 0.02, 0.02]),
+         max_num_batched_tokens=64)  # fmt: skip
+    assert len(seen) > 50 and all(recounted == kept for recounted, kept in seen)
+
+
 def test_max_num_seqs_caps_the_batch() -> None:
     run = _run(_workload([8] * 4, [5] * 4), max_num_seqs=2)
     starts = sorted(r.token_times[0] for r in run.records)

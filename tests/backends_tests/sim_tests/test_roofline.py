@@ -77,14 +77,24 @@ def test_tensor_parallelism_splits_the_work_and_adds_two_all_reduces_a_layer(com
 
 @pytest.mark.parametrize("tp", [1, 2, 4])
 @pytest.mark.parametrize("eager", [True, False])
-def test_extra_tokens_is_the_inverse_of_a_step(compose, tp, eager) -> None:
-    model = _model(compose, enforce_eager=eager, tensor_parallel_size=tp)
-    step = (16, 16, 0.0, 16 * 1000)  # a decode batch; prompt tokens added at context 500
-    for seconds in (0.01, 0.02, 0.05):
+@pytest.mark.parametrize(
+    ("hardware", "batch", "context"),
+    [
+        (("model=qwen2-1.5b", "hardware=a100-40gb"), 16, 1000),  # compute-bound once filled
+        (("model=llama-3.1-8b", "hardware=l4-24gb"), 64, 2000),  # reads bound it: memory
+    ],
+)
+def test_extra_tokens_is_the_inverse_of_a_step(compose, tp, eager, hardware, batch, context):
+    model = _model(compose, *hardware, enforce_eager=eager, tensor_parallel_size=tp)
+    step = (batch, batch, 0.0, batch * context)  # a decode batch; prompt tokens at context 500
+    fitted = 0
+    for seconds in (0.01, 0.02, 0.05, 0.072, 0.1, 0.2):
         extra = model.extra_tokens(seconds, step, 500.0)
-        assert extra > 0
 
         def timed(n: int) -> float:
             return model(step[0] + n, step[1], step[2] + n * 500.0, step[3])
 
-        assert timed(extra) <= seconds + 1e-12 < timed(extra + 1), (seconds, extra)
+        assert timed(extra) <= seconds + 1e-12 or extra == 0, (seconds, extra)
+        assert seconds < timed(extra + 1), (seconds, extra)
+        fitted += extra > 0
+    assert fitted >= 3

@@ -70,7 +70,7 @@ def test_two_replicas_serve_twice_the_rate_as_well_as_one_serves_its_own(serve: 
     assert mean_ttft(two) <= 1.2 * mean_ttft(one)
 
 
-def test_dp_balance_picks_the_fewest_in_flight_and_shuns_a_queue_on_a_full_engine() -> None:
+def test_dp_balance_picks_the_fewest_in_flight_unless_it_queues_on_a_full_engine() -> None:
     engines = [SimpleNamespace(waiting=deque(), free_blocks=100, total_blocks=100)
                for _ in range(3)]  # fmt: skip
     reqs = SimpleNamespace(workload=SimpleNamespace(follows=None))
@@ -83,11 +83,13 @@ def test_dp_balance_picks_the_fewest_in_flight_and_shuns_a_queue_on_a_full_engin
     assert [at(rid) for rid in range(3)] == [0, 1, 2]  # ties: in turn
     router.done(1)
     assert at(3) == 1  # the fewest in flight
-    router.done(0)
-    router.done(2)  # every engine has one in flight; engine 1 is 90% full with 2 waiting
-    engines[1].free_blocks, engines[1].waiting = 10, deque([7, 8])
-    # engine 1 scores 1 + 2 x 6 x (0.9 - 0.5); the scan starts one engine further each time
-    assert [at(rid) for rid in (4, 5)] == [2, 0]
+    assert [at(rid) for rid in (4, 5, 6)] == [1, 2, 0]  # two in flight on each again
+    router.done(4)  # one of engine 1's
+    # engine 1 has the fewest in flight (1), but 2 waiting at 90% KV: 1 + 2 x 6 x 0.4 = 5.8
+    engines[1].free_blocks, engines[1].waiting = 10, deque([8, 9])
+    assert at(7) != 1
+    engines[1].waiting = deque()  # no queue, no penalty
+    assert at(8) == 1
     assert not router.held  # it never holds a request back
 
 
