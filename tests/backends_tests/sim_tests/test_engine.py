@@ -135,7 +135,7 @@ def test_a_step_recounted_from_its_requests_matches_its_running_totals(monkeypat
     _run(ranked, num_blocks=6, scheduling_policy="priority")
     _run(_workload([40, 300, 12, 90], [6, 3, 9, 4], due=[0, 0.01, 0.02, 0.02]),
          max_num_batched_tokens=64)  # fmt: skip
-    assert len(seen) > 50 and all(recounted == kept for recounted, kept in seen)
+    assert len(seen) >= 20 and all(recounted == kept for recounted, kept in seen)
 
 
 def test_max_num_seqs_caps_the_batch() -> None:

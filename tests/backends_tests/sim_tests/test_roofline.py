@@ -88,7 +88,8 @@ def test_extra_tokens_is_the_inverse_of_a_step(compose, tp, eager, hardware, bat
     model = _model(compose, *hardware, enforce_eager=eager, tensor_parallel_size=tp)
     step = (batch, batch, 0.0, batch * context)  # a decode batch; prompt tokens at context 500
     fitted = 0
-    for seconds in (0.01, 0.02, 0.05, 0.072, 0.1, 0.2):
+    alone = model(*step, 1.0)  # the batch without added tokens
+    for seconds in (factor * alone for factor in (0.9, 1.02, 1.1, 1.5, 2, 4, 8, 16)):
         extra = model.extra_tokens(seconds, step, 500.0)
 
         def timed(n: int) -> float:
@@ -97,4 +98,4 @@ def test_extra_tokens_is_the_inverse_of_a_step(compose, tp, eager, hardware, bat
         assert timed(extra) <= seconds + 1e-12 or extra == 0, (seconds, extra)
         assert seconds < timed(extra + 1), (seconds, extra)
         fitted += extra > 0
-    assert fitted >= 3
+    assert fitted >= 3  # (a graph-mode batch pays eager overheads for added tokens)
