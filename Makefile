@@ -26,7 +26,7 @@ tiny-model:  ## the tiny random-weight Qwen2 model + tokenizer in models/tiny-ra
 study:  ## one 15-trial tba-tpe study on the embedded simulator, tracked in MLflow
 	PATH="$(BIN):$$PATH" mlflow run . --env-manager local --experiment-name sloguard -P optimizer=tba-tpe -P seed=42
 
-test:  ## the whole test suite (14-19 minutes on 2 cores, real vLLM and PostgreSQL tests included)
+test:  ## the whole test suite (14-21 minutes on 2 cores, real vLLM and PostgreSQL tests included)
 	$(BIN)/python -m pytest -q
 
 test-fast:  ## the edit-test loop (about 7 minutes): no real vLLM or PostgreSQL server, no slow end-to-end runs
