@@ -61,7 +61,7 @@ class StepTimeModel:
         self.bytes_per_s = hw.mem_bw_gbps * 1e9 * hw.bandwidth_efficiency * tp
         self.parallel = tp > 1
         ring = 2.0 * (tp - 1) / tp  # of the bytes each GPU sends and receives per all-reduce
-        self.comm_s = 2 * model.num_layers * hw.allreduce_latency_us * 1e-6 if tp > 1 else 0.0
+        self.comm_s = 2 * model.num_layers * hw.allreduce_latency_us * 1e-6  # used when parallel
         self.comm_per_token = (
             2 * model.num_layers * ring * model.hidden_size * model.dtype_bytes
         ) / (hw.interconnect_gbps * 1e9)
