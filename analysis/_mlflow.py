@@ -17,6 +17,7 @@ METRICS = (
     names.ATTAINMENT,
     names.OUTPUT_THROUGHPUT,
     names.CAPACITY,
+    names.CAPACITY_PER_GPU,
 )
 
 

@@ -30,6 +30,7 @@ from scipy.stats import mannwhitneyu
 
 from analysis._mlflow import load_comparison
 from analysis._options import add_arguments
+from sloguard.tracking import names
 
 # statistic -> the direction in which it favours an optimizer
 BETTER: dict[str, str] = {
@@ -37,7 +38,8 @@ BETTER: dict[str, str] = {
     "consistency": "greater",
     "best_latency_ms": "less",
     "best_goodput_tok_s": "greater",
-    "best_capacity_rps": "greater",  # capacity studies (objective=capacity) only
+    "best_capacity_rps": "greater",  # capacity studies (objective=capacity...) only
+    "best_capacity_per_gpu_rps": "greater",  # objective=capacity_per_gpu only
     "feasible_trials": "greater",
     "crash_waste_pct": "less",
 }
@@ -53,6 +55,7 @@ LABELS = {
     "best_latency_ms": "Best latency (ms)",
     "best_goodput_tok_s": "Best goodput (tok/s)",
     "best_capacity_rps": "Best capacity (req/s)",
+    "best_capacity_per_gpu_rps": "Best capacity per GPU (req/s)",
     "feasible_trials": "Feasible trials",
     "crash_waste_pct": "Crash waste (%)",
 }
@@ -66,12 +69,13 @@ def study_stats(
     latency: str,
     threshold: float,
     worst_latency: float = math.nan,
-    capacity: bool = False,
+    capacity: tuple[str, ...] = (),
 ) -> dict[str, float]:
     """Statistics of one study's trials (sorted by trial number).
 
     A study that found nothing feasible counts with what it delivered: zero goodput and
-    capacity (in a comparison of ``capacity`` studies), the comparison's ``worst_latency``, no
+    ``capacity`` metrics (those a comparison's studies measured), the comparison's
+    ``worst_latency``, no
     fast trials and zero consistency; it is never left out of the means and tests (that would
     flatter the optimizer failing more).
     """
@@ -85,9 +89,12 @@ def study_stats(
         "trials": float(len(trials)),
         "best_latency_ms": float(feasible[latency].min()) if found else worst_latency,
         "best_goodput_tok_s": float(feasible["goodput_tok_s"].max()) if found else 0.0,
-        "best_capacity_rps": (float(feasible["capacity_rps"].max()) if found else 0.0)
-        if capacity
-        else math.nan,
+        **{
+            names.best(m): (float(feasible[m].max()) if found else 0.0)
+            if m in capacity
+            else math.nan
+            for m in (names.CAPACITY, names.CAPACITY_PER_GPU)
+        },
         "feasible_trials": float(len(feasible)),
         "crashes": float(trials["crashed"].sum()),
         "crash_waste_pct": 100.0 * float(trials["crashed"].mean()) if len(trials) else 0.0,
@@ -134,7 +141,11 @@ def summarize(
     best = float(feasible[latency].min()) if len(feasible) else math.nan
     threshold = (1.0 + delta) * best
     worst = float(trials[latency].max()) if trials[latency].notna().any() else math.nan
-    capacity = "capacity_rps" in trials and bool(trials["capacity_rps"].notna().any())
+    capacity = tuple(
+        m
+        for m in (names.CAPACITY, names.CAPACITY_PER_GPU)
+        if m in trials and bool(trials[m].notna().any())
+    )
     rows = []
     for (optimizer, seed, name), group in trials.groupby(["optimizer", "seed", "study_name"]):
         rows.append(

@@ -178,6 +178,19 @@ def search_capacity(
     return result
 
 
+def per_gpu(result: TrialResult, gpus: int) -> TrialResult:
+    """A capacity search's result scored per GPU (``objective=capacity_per_gpu``).
+
+    Adds ``gpus`` and ``capacity_per_gpu_rps`` to its metrics; a feasible trial's utility
+    becomes its capacity divided by its GPUs (an infeasible one keeps its attainment shortfall).
+    """
+    capacity = result.metrics.get("capacity_rps", 0.0)
+    result.metrics.update(gpus=float(gpus), capacity_per_gpu_rps=capacity / gpus)
+    if result.feasible:
+        result.utility = capacity / gpus
+    return result
+
+
 def _fatal(result: TrialResult) -> bool:
     """A crash that ends the search: anything but a load that timed out or hung (overload)."""
     crash = result.crash

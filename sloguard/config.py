@@ -25,7 +25,9 @@ from omegaconf.errors import OmegaConfBaseException
 from sloguard._domain import check_domains, num, text
 from sloguard.exceptions import ConfigError
 
-OBJECTIVES: tuple[str, ...] = ("goodput", "capacity")
+OBJECTIVES: tuple[str, ...] = ("goodput", "capacity", "capacity_per_gpu")
+# objectives that search the highest rate meeting the attainment target
+CAPACITY_OBJECTIVES: tuple[str, ...] = ("capacity", "capacity_per_gpu")
 # the optimizers' names (sloguard.optimizer.OPTIMIZERS builds them), here so that validating a
 # command line loads no optimizer library
 OPTIMIZER_NAMES: tuple[str, ...] = (
@@ -418,7 +420,8 @@ class Config:
     space: SpaceConfig = MISSING
     prior: PriorConfig = MISSING
     knobs: KnobsConfig = field(default_factory=KnobsConfig)
-    objective: str = "goodput"  # goodput | capacity (req/s at the attainment target)
+    # goodput | capacity (req/s at the attainment target) | capacity_per_gpu (that / GPUs)
+    objective: str = "goodput"
     capacity: CapacityConfig = field(default_factory=CapacityConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     seed: int = num(42, ge=0, le=4_294_967_295)
@@ -500,7 +503,7 @@ def validate(cfg: DictConfig) -> Config:
     _check_choice("prior.name", cfg.prior.name, PRIORS)
     _check_study(cfg)
     _check_choice("objective", cfg.objective, OBJECTIVES)
-    if cfg.objective == "capacity":
+    if cfg.objective in CAPACITY_OBJECTIVES:
         _check_capacity(cfg)
     workload = cfg.workload
     _check_choice("workload.arrival", workload.arrival, ARRIVALS)
@@ -724,8 +727,8 @@ def _check_capacity(cfg: DictConfig) -> None:
     """Capacity search needs open-loop arrivals and a sane bracket."""
     if cfg.workload.arrival == "closed":
         raise ConfigError(
-            "objective=capacity needs open-loop arrivals; workload.arrival='closed' has no "
-            "request rate to search (use poisson, gamma or trace)"
+            f"objective={cfg.objective} needs open-loop arrivals; workload.arrival='closed' has "
+            "no request rate to search (use poisson, gamma or trace)"
         )
     cap = cfg.capacity
     if cap.max_rps < cap.min_rps:

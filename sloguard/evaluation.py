@@ -14,7 +14,8 @@ import numpy as np
 
 from sloguard.backends import create_backend
 from sloguard.backends.sim import zero_load_ttft_ms
-from sloguard.capacity import CapacitySearch, search_capacity
+from sloguard.capacity import CapacitySearch, per_gpu, search_capacity
+from sloguard.config import CAPACITY_OBJECTIVES
 from sloguard.exceptions import ConfigError
 from sloguard.gpu_profile import MemoryGuard, detect_vram_gb
 from sloguard.result import TrialRecord
@@ -86,7 +87,7 @@ def check_load_fits(cfg: DictConfig, workload: Workload) -> None:
     """
     limit = cfg.backend.get("timeout_s")
     if (
-        cfg.objective == "capacity"
+        cfg.objective in CAPACITY_OBJECTIVES
         or cfg.workload.concurrency
         or limit is None
         or not len(workload)
@@ -120,6 +121,7 @@ class TrialStep:
         max_position_embeddings: The model's context limit.
         log_dir: Where real servers' logs go (``trial-NNN.log``).
         capacity: Search the highest passing request rate instead of serving one load.
+        per_gpu: Score a capacity search per GPU the configuration runs on.
     """
 
     space: SearchSpace
@@ -131,6 +133,7 @@ class TrialStep:
     max_position_embeddings: int
     log_dir: Path | None = None
     capacity: CapacitySearch | None = None
+    per_gpu: bool = False
 
     @classmethod
     def from_config(
@@ -140,7 +143,7 @@ class TrialStep:
         workload = workload_from_config(cfg)
         check_load_fits(cfg, workload)
         capacity = None
-        if cfg.objective == "capacity":
+        if cfg.objective in CAPACITY_OBJECTIVES:
             capacity = CapacitySearch.from_config(cfg, workload)
         return cls(
             space,
@@ -152,6 +155,7 @@ class TrialStep:
             cfg.model.max_position_embeddings,
             log_dir,
             capacity,
+            per_gpu=cfg.objective == "capacity_per_gpu",
         )
 
     def evaluate(self, params: dict[str, Any], number: int, phase: str = "") -> TrialRecord:
@@ -172,6 +176,8 @@ class TrialStep:
                     repair.config, next_workload, self.slo, seed=seed, log_path=log_path
                 ),
             )
+            if self.per_gpu:
+                result = per_gpu(result, self.backend.gpus(repair.config))
         return TrialRecord(
             number, params, result, phase, list(repair.changes), time.perf_counter() - start
         )

@@ -69,6 +69,40 @@ def test_capacity_on_the_simulator_is_the_highest_passing_rate() -> None:
     assert 0 < small < cap / 2
 
 
+FOUR_L4 = ["model=llama-3.1-8b", "hardware=4xl4-24gb", "workload=chatbot", "capacity.rel_tol=0.1",
+           "space.tensor_parallel_size=[1,2,4]", "space.data_parallel_size=[1,2,4]"]  # fmt: skip
+
+
+@pytest.mark.parametrize(("tp", "dp"), [(1, 1), (2, 1), (1, 2), (2, 2), (1, 4)])
+def test_capacity_per_gpu_is_the_capacity_over_the_layouts_gpus(tp: int, dp: int) -> None:
+    knobs = [f"knobs.tensor_parallel_size={tp}", f"knobs.data_parallel_size={dp}"]
+    whole = evaluate([*FOUR_L4, *knobs, "objective=capacity"])
+    out = evaluate([*FOUR_L4, *knobs, "objective=capacity_per_gpu"])
+    cap = whole["metrics"]["capacity_rps"]
+    assert out["feasible"] and out["metrics"]["capacity_rps"] == cap > 0
+    assert out["metrics"]["gpus"] == tp * dp
+    per = out["metrics"]["capacity_per_gpu_rps"]
+    assert out["utility"] == per == pytest.approx(cap / (tp * dp))
+
+
+def test_the_simulators_replicas_count_as_gpus() -> None:
+    common = ["workload=chatbot", "objective=capacity_per_gpu"]
+    one = evaluate(common)["metrics"]
+    two = evaluate([*common, "backend.replicas=2"])["metrics"]
+    assert (one["gpus"], two["gpus"]) == (1, 2)
+    assert two["capacity_per_gpu_rps"] == pytest.approx(two["capacity_rps"] / 2)
+
+
+def test_an_infeasible_trial_keeps_its_shortfall_per_gpu() -> None:
+    from sloguard.capacity import per_gpu
+    from sloguard.result import TrialResult
+
+    failed = TrialResult({}, metrics={"capacity_rps": 0.0}, utility=-0.3)
+    assert per_gpu(failed, 4).utility == -0.3 and failed.metrics["capacity_per_gpu_rps"] == 0.0
+    passed = TrialResult({}, metrics={"capacity_rps": 6.0}, feasible=True, utility=6.0)
+    assert per_gpu(passed, 4).utility == 1.5 and passed.metrics["gpus"] == 4
+
+
 def test_a_startup_crash_ends_the_search_as_the_trials_crash() -> None:
     out = evaluate(["workload=chatbot", "objective=capacity", "space.repair=false",
                     "knobs.gpu_memory_utilization=0.05"])  # fmt: skip
@@ -98,6 +132,8 @@ def test_a_server_that_fails_before_any_load_is_the_trials_crash() -> None:
     [
         (["objective=fastest"], "objective='fastest' is not known; choose one of: goodput"),
         (["objective=capacity", "workload=chat"], "objective=capacity needs open-loop arrivals"),
+        (["objective=capacity_per_gpu", "workload=chat"],
+         "objective=capacity_per_gpu needs open-loop arrivals"),
         (["objective=capacity", "workload=chatbot", "capacity.max_rps=0.01"],
          "capacity.max_rps=0.01 is invalid"),
         (["slo.attainment_target=1.5"], "slo.attainment_target=1.5 is invalid; it must be a"),

@@ -73,6 +73,13 @@ class BaseBackend(abc.ABC):
         """
         return None  # the simulator needs nothing
 
+    def gpus(self, config: dict[str, Any]) -> int:
+        """The GPUs a server launched with ``config`` runs on: vLLM's tensor x data parallel
+        sizes (one GPU when the config sets neither)."""
+        return int(config.get("tensor_parallel_size", 1)) * int(
+            config.get("data_parallel_size", 1)
+        )
+
     @abc.abstractmethod
     def evaluate(
         self,

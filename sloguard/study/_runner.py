@@ -47,7 +47,7 @@ from sloguard.study._study import (
 from sloguard.study._summary import best_trial, export_trials, study_records, summarize_study
 from sloguard.study._trials import Slots, finished_at, finished_trials, reap_dead_trials
 from sloguard.study._worker import StudyStopped, Worker, WorkerSettings
-from sloguard.tracking import SERVE_TAG, resolve_tracking_uri
+from sloguard.tracking import SERVE_TAG, names, resolve_tracking_uri
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -334,6 +334,9 @@ class _Bar(tqdm):
         crashes = sum(1 for r in records if r.result.crash)
         if best is None:
             shown = "best goodput=-"
+        elif names.CAPACITY_PER_GPU in best.result.metrics:
+            per = best.result.metrics[names.CAPACITY_PER_GPU]
+            shown = f"best capacity={per:.3g} req/s per GPU"
         elif "capacity_rps" in best.result.metrics:
             shown = f"best capacity={best.result.metrics['capacity_rps']:.3g} req/s"
         else:

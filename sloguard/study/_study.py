@@ -132,7 +132,8 @@ class StudyHandle:
         storage: The open storage.
         study: The Optuna study.
         tracker: Its MLflow study run.
-        objective: The study curve's metric (``goodput_tok_s`` or ``capacity_rps``).
+        objective: The study curve's metric (``goodput_tok_s``, ``capacity_rps`` or
+            ``capacity_per_gpu_rps``).
         grace_period: Seconds without a heartbeat after which a trial is dead.
     """
 
@@ -253,7 +254,7 @@ def _handle(
         storage=storage,
         study=study,
         tracker=tracker,
-        objective=names.CAPACITY if cfg.objective == "capacity" else names.GOODPUT,
+        objective=names.objective_metric(cfg.objective),
         grace_period=cfg.grace_period,
     )
 

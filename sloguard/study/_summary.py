@@ -53,6 +53,8 @@ def summarize_study(records: Sequence[TrialRecord]) -> dict[str, Any]:
                     names.E2EL_P50,
                     names.ATTAINMENT,
                     names.CAPACITY,
+                    names.CAPACITY_PER_GPU,
+                    names.GPUS,
                 )
             },
             best_config=best.result.config,

@@ -57,7 +57,7 @@ def sync(args: argparse.Namespace) -> list[str]:
             storage=storage,
             study=study,
             tracker=tracker,
-            objective=names.CAPACITY if objective == "capacity" else names.GOODPUT,
+            objective=names.objective_metric(objective),
             grace_period=args.grace_period,
         )
         report = finish_study(handle)

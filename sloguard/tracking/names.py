@@ -45,6 +45,8 @@ E2EL_MEAN = "e2el_mean_ms"
 ATTAINMENT = "attainment"
 OUTPUT_THROUGHPUT = "output_throughput_tok_s"
 CAPACITY = "capacity_rps"
+CAPACITY_PER_GPU = "capacity_per_gpu_rps"  # objective=capacity_per_gpu: capacity / GPUS
+GPUS = "gpus"  # the GPUs a configuration runs on (tensor x data parallel x replicas)
 UTILITY = "utility"
 ABORTED_EARLY = "aborted_early"  # 1: the window stopped once the trial was certainly infeasible
 
@@ -52,6 +54,11 @@ ABORTED_EARLY = "aborted_early"  # 1: the window stopped once the trial was cert
 CRASHES = "crashes"
 FEASIBLE_TRIALS = "feasible_trials"
 NUM_TRIALS = "num_trials"
+
+
+def objective_metric(objective: str) -> str:
+    """The trial metric an ``objective`` maximises (``objective=capacity``: ``capacity_rps``)."""
+    return {"capacity": CAPACITY, "capacity_per_gpu": CAPACITY_PER_GPU}.get(objective, GOODPUT)
 
 
 def best(metric: str) -> str:

@@ -56,8 +56,9 @@ def _log(tmp_path: Path, comparison: str = "cmp", capacity: bool = False) -> str
             if latency is not None:
                 client.log_metric(trial, "e2el_p50_ms", latency)
                 client.log_metric(trial, "goodput_tok_s", 1e5 / latency)
-                if capacity:  # an objective=capacity study: req/s at the attainment target
+                if capacity:  # an objective=capacity_per_gpu study, on n + 1 GPUs
                     client.log_metric(trial, "capacity_rps", 1e4 / latency)
+                    client.log_metric(trial, "capacity_per_gpu_rps", 1e4 / latency / (n + 1))
     # a study of another comparison must be ignored
     client.create_run(
         exp,
@@ -134,6 +135,17 @@ def test_capacity_studies_compare_their_best_capacity(tmp_path: Path) -> None:
         f"{np.mean(candidate):.2f} ± {np.std(candidate, ddof=1):.2f} |"
     )
     assert row in format_table(s)
+    # per GPU: tba-tpe seed 2's best is its first trial (530 ms on one GPU), not its fastest
+    assert per[("tba-tpe", 2)]["best_capacity_per_gpu_rps"] == pytest.approx(1e4 / 530.0)
+    assert per[("random", 3)]["best_capacity_per_gpu_rps"] == 0.0
+    assert "| Best capacity per GPU (req/s) |" in format_table(s)
+
+
+def test_goodput_studies_report_no_capacity(tmp_path: Path) -> None:
+    _, trials = load_comparison("cmp", tracking_uri=_log(tmp_path))
+    s = summarize(trials, "random", "tba-tpe", latency="e2el_p50_ms", delta=0.05)
+    assert "best_capacity_rps" not in s["tests"] and "best_capacity_per_gpu_rps" not in s["tests"]
+    assert "| Best capacity" not in format_table(s)
 
 
 def test_report_writes_summary_and_figures(tmp_path: Path, capsys) -> None:

@@ -160,6 +160,8 @@ def test_constrained_samplers_model_the_objectives_own_figure() -> None:
     capacity = TrialResult({}, metrics={"goodput_tok_s": 900.0, "capacity_rps": 4.5},
                            feasible=True, utility=4.5)  # fmt: skip
     missed = TrialResult({}, metrics={"goodput_tok_s": 300.0, "capacity_rps": 0.0}, utility=-0.2)
-    values = [objective_value(r) for r in (goodput, capacity, missed, _crash({}))]
-    assert values == [250.0, 4.5, 0.0, 0.0]  # a feasible trial's value is its utility
+    on_four = {"goodput_tok_s": 900.0, "capacity_rps": 4.5, "capacity_per_gpu_rps": 1.125}
+    per_gpu = TrialResult({}, metrics=on_four, feasible=True, utility=1.125)
+    values = [objective_value(r) for r in (goodput, capacity, per_gpu, missed, _crash({}))]
+    assert values == [250.0, 4.5, 1.125, 0.0, 0.0]  # a feasible trial's value is its utility
     assert crash_constraints(missed) == {"violation": 0.2}

@@ -53,6 +53,30 @@ def test_study_end_to_end_in_a_real_sqlite_store(compose, study_env) -> None:
     assert sorted({m.step for m in history}) == list(range(6))
 
 
+def test_a_per_gpu_study_curves_and_ranks_capacity_per_gpu(compose, study_env) -> None:
+    cfg = compose(
+        "progress=false", "budget=5", "optimizer=random", "seed=3", "model=llama-3.1-8b",
+        "hardware=4xl4-24gb", "workload=chatbot", "workload.num_requests=60",
+        "objective=capacity_per_gpu", "capacity.rel_tol=0.2",
+        "space.tensor_parallel_size=[1,2,4]", "space.data_parallel_size=[1,2]",
+    )  # fmt: skip
+    outcome = run_study(cfg)
+    best = best_trial(outcome.records)
+    assert best is not None
+    metrics = best.result.metrics
+    gpus = best.result.config["tensor_parallel_size"] * best.result.config["data_parallel_size"]
+    assert metrics["gpus"] == gpus and best.result.utility == metrics["capacity_per_gpu_rps"]
+    assert metrics["capacity_per_gpu_rps"] == pytest.approx(metrics["capacity_rps"] / gpus)
+    feasible = [r.result for r in outcome.records if r.result.feasible]
+    assert best.result.utility == max(r.metrics["capacity_per_gpu_rps"] for r in feasible)
+    runs = mlflow_runs(study_env["MLFLOW_TRACKING_URI"])
+    study = runs[runs["tags.sloguard.role"] == "study"]
+    assert study["metrics.best_capacity_per_gpu_rps"].iloc[0] == pytest.approx(best.result.utility)
+    assert study["metrics.best_gpus"].iloc[0] == gpus
+    history = mlflow.MlflowClient().get_metric_history(outcome.run_id, "best_capacity_per_gpu_rps")
+    assert sorted({m.step for m in history}) == list(range(5))
+
+
 def test_crashes_are_failed_trials_with_their_category(compose, study_env) -> None:
     cfg = compose(
         *FAST, "budget=8", "optimizer=random", "model=llama-3.1-8b", "hardware=l4-24gb",

@@ -74,6 +74,14 @@ class SimBackend(BaseBackend):
             lambda load: self._evaluate(config, load, slo, seed=seed), next_workload
         )
 
+    def gpus(self, config: dict[str, Any]) -> int:
+        """vLLM's tensor x data parallel sizes, times the simulator's replicas (each a server of
+        its own)."""
+        if int(config.get("data_parallel_size", 1)) > 1:
+            return super().gpus(config)
+        replicas = int(config.get("replicas", self.settings.backend.replicas))
+        return super().gpus(config) * replicas
+
     def serving(self, config: dict[str, Any], slo: SloContract) -> ServingSettings:
         """Scheduler, replicas, router and speculation: the backend's, or the trial's knobs (a
         data-parallel size runs that many engines behind vLLM's balancer)."""
