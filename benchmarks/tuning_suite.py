@@ -4,8 +4,8 @@ Each problem is a set of config overrides (an overlay on the defaults) chosen so
 is not flat: capacity at the attainment target for open-loop workloads (it does not saturate as
 goodput at a fixed offered rate does), goodput under closed-loop concurrency, tight SLOs,
 crash-prone memory settings (repair off, a big model on a small card), Azure traces, the
-SLOs-Serve scenarios, and spaces widened with the simulator's serving knobs and vLLM's
-scheduling policy and KV-cache dtype.
+SLOs-Serve scenarios, capacity per GPU on a 4-GPU node, and spaces widened with the simulator's
+serving knobs and vLLM's scheduling policy, KV-cache dtype, block size and parallel sizes.
 
 Per problem, the best known configuration is the best noise-free utility of a long random
 exploration, the auto_tune grid and every study's choices. Every optimizer then runs ``--seeds``
@@ -87,7 +87,12 @@ PROBLEMS: dict[str, list[str]] = {
         "space.scheduler=[vllm,slos-serve]",
         "space.scheduling_policy=[fcfs,priority]",
     ],
-    "tool-calling": ["workload=tool-calling", "objective=capacity"],
+    # later rounds reuse the round before from the prefix cache, in whole KV blocks
+    "tool-calling": [
+        "workload=tool-calling",
+        "objective=capacity",
+        "space.block_size=[16,32,64,128]",
+    ],
     "reasoning-spec": [
         "workload=reasoning",
         "objective=capacity",
@@ -110,12 +115,13 @@ PROBLEMS: dict[str, list[str]] = {
         "space.kv_cache_dtype=[auto,fp8]",
     ],
     # four L4s over PCIe: Llama-3.1-8B sharded over 1, 2 or 4 of them (more KV cache, all-reduces
-    # on every layer) in 1, 2 or 4 engines; layouts needing more than 4 GPUs are refused
-    "l4x4-parallel": [
+    # on every layer) in 1, 2 or 4 engines, scored per GPU used; layouts needing more than 4 GPUs
+    # are refused
+    "l4x4-per-gpu": [
         "model=llama-3.1-8b",
         "hardware=4xl4-24gb",
         "workload=chatbot",
-        "objective=capacity",
+        "objective=capacity_per_gpu",
         "space.tensor_parallel_size=[1,2,4,8]",
         "space.data_parallel_size=[1,2,4]",
     ],

@@ -25,6 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from sloguard._domain import check_domains, num, text
 from sloguard.exceptions import ConfigError
 
+MAX_BLOCK_SIZE = 4096  # tokens per KV block (vLLM: any size > 0; past this, a typo)
 OBJECTIVES: tuple[str, ...] = ("goodput", "capacity", "capacity_per_gpu")
 # objectives that search the highest rate meeting the attainment target
 CAPACITY_OBJECTIVES: tuple[str, ...] = ("capacity", "capacity_per_gpu")
@@ -111,6 +112,9 @@ class HardwareConfig:
     quantization: list[str] = field(default_factory=lambda: ["fp16", "fp8", "awq", "gptq"])
     # --kv-cache-dtype values an attention backend on this device accepts (vLLM refuses others)
     kv_cache_dtypes: list[str] = field(default_factory=lambda: ["auto", "fp8"])
+    # --block-size must be a multiple of this: vLLM 0.32's CUDA attention kernels (FlashAttention,
+    # FlashInfer, Triton, FlexAttention) take multiples of 16; the CPU build any size (1)
+    block_size_multiple: int = num(16, ge=1, le=4096)
     # GPUs each trial's server gets (workers=auto: GPUs / this): tensor x data parallel <= this
     gpus_per_trial: int = num(1, ge=1, le=1024)
     # tensor parallelism: all-reduce bus bandwidth between the GPUs (NCCL's busbw), and the
@@ -339,6 +343,8 @@ class SpaceConfig:
     # tensor_parallel_size GPUs, balanced by vLLM (tensor x data parallel <= the trial's GPUs)
     tensor_parallel_size: list[int] = field(default_factory=list)
     data_parallel_size: list[int] = field(default_factory=list)
+    # tokens per KV-cache block, e.g. [16,32,64,128] (vLLM's GPU kernels take multiples of 16)
+    block_size: list[int] = field(default_factory=list)
     # the simulator's serving choices, searched when given (the sim backend only); the first
     # choice is the default, e.g. space.scheduler=[vllm,slos-serve] space.replicas=[1,2,4]
     scheduler: list[str] = field(default_factory=list)
@@ -368,6 +374,7 @@ class KnobsConfig:
     scheduling_policy: str | None = None
     tensor_parallel_size: int | None = num(None, ge=1, le=1024)
     data_parallel_size: int | None = num(None, ge=1, le=1024)
+    block_size: int | None = num(None, ge=1, le=MAX_BLOCK_SIZE)
 
 
 @dataclass
@@ -557,10 +564,14 @@ def _check_serving(backend: DictConfig, space: DictConfig) -> None:
     for replicas in space.replicas:
         if not 1 <= replicas <= 64:
             raise ConfigError(f"space.replicas has {replicas}; each must be in [1, 64]")
-    for name in ("tensor_parallel_size", "data_parallel_size"):
+    for name, most in (
+        ("tensor_parallel_size", 1024),
+        ("data_parallel_size", 1024),
+        ("block_size", MAX_BLOCK_SIZE),
+    ):
         for size in space[name]:
-            if not 1 <= size <= 1024:
-                raise ConfigError(f"space.{name} has {size}; each must be in [1, 1024]")
+            if not 1 <= size <= most:
+                raise ConfigError(f"space.{name} has {size}; each must be in [1, {most}]")
     if space.data_parallel_size and (space.replicas or space.router or backend.replicas != 1):
         raise ConfigError(
             "space.data_parallel_size is vLLM's own engines behind its balancer; it cannot be "

@@ -39,6 +39,8 @@ def knob_flags(knobs: dict[str, Any]) -> list[str]:
     for name in ("tensor_parallel_size", "data_parallel_size"):
         if knobs.get(name, 1) != 1:
             flags += [f"--{name.replace('_', '-')}", str(knobs[name])]
+    if "block_size" in knobs:  # no default to leave out: the platform's differs (GPU 16, CPU 128)
+        flags += ["--block-size", str(knobs["block_size"])]
     return flags
 
 
@@ -65,7 +67,7 @@ def simulated_only(knobs: dict[str, Any]) -> dict[str, Any]:
     """The knobs no vLLM flag sets (the simulator's scheduler, replicas, router, speculation)."""
     launched = {"quantization", "max_num_seqs", "max_num_batched_tokens", "max_model_len"}
     launched |= {"gpu_memory_utilization", "kv_cache_dtype", "long_prefill_token_threshold"}
-    launched |= {"scheduling_policy", "tensor_parallel_size", "data_parallel_size"}
+    launched |= {"scheduling_policy", "tensor_parallel_size", "data_parallel_size", "block_size"}
     launched |= set(BOOL_FLAGS)
     return {k: v for k, v in knobs.items() if k not in launched}
 

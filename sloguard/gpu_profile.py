@@ -244,7 +244,8 @@ class MemoryGuard:
         kv_gib = config["gpu_memory_utilization"] * self.vram_gb - self.footprint_gib(config)
         if kv_gib <= 0:
             return 0
-        return int(kv_gib * GIB // (self._kv_bytes(config) * BLOCK_SIZE)) * BLOCK_SIZE
+        block = config.get("block_size", BLOCK_SIZE)
+        return int(kv_gib * GIB // (self._kv_bytes(config) * block)) * block
 
     def repair(self, config: dict[str, Any], util_high: float, len_low: int = 1) -> Repair:
         """Fit ``config`` to its KV budget.
@@ -297,6 +298,7 @@ class MemoryGuard:
 
     def _util_for(self, config: dict[str, Any], tokens: int) -> float | None:
         """The smallest utilisation (rounded up to 0.001) that gives ``tokens`` KV tokens."""
-        need_gib = math.ceil(tokens / BLOCK_SIZE) * BLOCK_SIZE * self._kv_bytes(config) / GIB
+        block = config.get("block_size", BLOCK_SIZE)
+        need_gib = math.ceil(tokens / block) * block * self._kv_bytes(config) / GIB
         util = math.ceil((self.footprint_gib(config) + need_gib) / self.vram_gb * 1000) / 1000
         return util if util <= 1.0 else None

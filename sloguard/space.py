@@ -34,6 +34,7 @@ ENGINE_EXTRAS: tuple[str, ...] = (
     "scheduling_policy",
     "tensor_parallel_size",
     "data_parallel_size",
+    "block_size",
 )
 # the simulator's serving choices, knobs of the space only where the space gives them
 SERVING_KNOBS: tuple[str, ...] = ("scheduler", "replicas", "router", "spec_decode")

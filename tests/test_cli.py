@@ -47,16 +47,16 @@ def test_evaluate_reports_a_crash_with_vllm_evidence(study_env, tmp_path: Path) 
 
 def test_evaluate_rejects_an_unknown_knob(study_env, tmp_path: Path) -> None:
     proc = run_cli(
-        ["-m", "sloguard.cli", "evaluate", "knobs.block_size=16"], cwd=tmp_path, env=study_env
+        ["-m", "sloguard.cli", "evaluate", "knobs.swap_space=4"], cwd=tmp_path, env=study_env
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
-        "sloguard: error: 'knobs.block_size' is not known; choose "
+        "sloguard: error: 'knobs.swap_space' is not known; choose "
         "one of: quantization, max_num_seqs, max_num_batched_tokens, "
         "gpu_memory_utilization, max_model_len, enforce_eager, "
         "enable_chunked_prefill, enable_prefix_caching, kv_cache_dtype, "
         "long_prefill_token_threshold, scheduling_policy, tensor_parallel_size, "
-        "data_parallel_size"
+        "data_parallel_size, block_size"
     )
 
 

@@ -70,6 +70,8 @@ def test_defaults_are_the_seed_setting(compose) -> None:
             "space.tensor_parallel_size=[1,0]",
             "space.tensor_parallel_size has 0; each must be in [1, 1024]",
         ),
+        ("space.block_size=[16,0]", "space.block_size has 0; each must be in [1, 4096]"),
+        ("hardware.block_size_multiple=0", "hardware.block_size_multiple=0 is invalid"),
         (
             "space.data_parallel_size=[2] space.router=[round-robin]",
             "space.data_parallel_size is vLLM's own engines behind its balancer; it cannot be "
@@ -103,6 +105,7 @@ def test_defaults_are_the_seed_setting(compose) -> None:
         ("knobs.scheduling_policy=sjf", "knobs.scheduling_policy='sjf' is not known; choose"),
         ("knobs.tensor_parallel_size=0", "knobs.tensor_parallel_size=0 is invalid"),
         ("knobs.data_parallel_size=-2", "knobs.data_parallel_size=-2 is invalid"),
+        ("knobs.block_size=100000", "knobs.block_size=100000 is invalid"),
         (
             "knobs.long_prefill_token_threshold=256",
             "knob 'long_prefill_token_threshold' is not in this space; it is searched when the "

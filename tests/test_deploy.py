@@ -36,6 +36,9 @@ def test_a_serve_line_a_user_can_paste() -> None:
     sharded = serve_command("m", {**KNOBS, "tensor_parallel_size": 4, "data_parallel_size": 2})
     assert sharded.endswith("--tensor-parallel-size 4 --data-parallel-size 2")
     assert "parallel" not in serve_command("m", {**KNOBS, "tensor_parallel_size": 1})
+    # searched, the block size is always written: the platform's default differs (16 / 128)
+    assert serve_command("m", {**KNOBS, "block_size": 16}).endswith("--block-size 16")
+    assert "block" not in serve_command("m", KNOBS)
 
 
 def test_the_config_file_has_vllms_flag_names() -> None:
@@ -53,6 +56,7 @@ def test_the_config_file_has_vllms_flag_names() -> None:
     ranked = serve_config({**KNOBS, "scheduling_policy": "priority"}).splitlines()
     assert ranked[1].startswith('# clients send each request\'s "priority"')
     assert ranked[-1] == "scheduling-policy: priority"
+    assert serve_config({**KNOBS, "block_size": 64}).splitlines()[-1] == "block-size: 64"
 
 
 def test_the_simulators_own_choices_are_named_apart() -> None:
@@ -60,6 +64,7 @@ def test_the_simulators_own_choices_are_named_apart() -> None:
     assert simulated_only({**KNOBS, "long_prefill_token_threshold": 256}) == {}
     assert simulated_only({**KNOBS, "scheduling_policy": "priority"}) == {}
     assert simulated_only({**KNOBS, "tensor_parallel_size": 2}) == {}
+    assert simulated_only({**KNOBS, "block_size": 32}) == {}
     assert simulated_only({**KNOBS, "scheduler": "slos-serve", "replicas": 2}) == {
         "scheduler": "slos-serve",
         "replicas": 2,

@@ -217,3 +217,11 @@ def test_a_max_model_len_the_guard_lowers_still_bounds_the_prefill_cap(compose) 
     assert config["long_prefill_token_threshold"] == config["max_model_len"]
     assert plan_memory(cfg.model, cfg.hardware, config)[1] is None  # vLLM would start it
     assert any(c.startswith("long_prefill_token_threshold 4096 -> ") for c in launched.changes)
+
+
+@pytest.mark.parametrize("block", [16, 32, 128, 256])
+def test_guard_predicts_the_kv_cache_of_a_block_size(compose, block) -> None:
+    cfg = compose("model=llama-3.1-8b", "hardware=l4-24gb", "space.block_size=[16,32,128,256]")
+    config = SearchSpace.from_config(cfg.space).complete({"block_size": block})
+    plan, _ = plan_memory(cfg.model, cfg.hardware, config)
+    assert memory_guard(cfg).kv_tokens(config) == plan.kv_cache_tokens

@@ -47,8 +47,10 @@ def test_complete_fills_the_inactive_knob(space: SearchSpace) -> None:
     assert full["enable_chunked_prefill"] is False
     assert full["max_num_seqs"] == 8
     assert space.complete({"enforce_eager": False})["enable_chunked_prefill"] is True
-    with pytest.raises(ConfigError, match="unknown knob 'block_size'"):
-        space.complete({"block_size": 16})
+    with pytest.raises(ConfigError, match="unknown knob 'swap_space'"):
+        space.complete({"swap_space": 4})
+    with pytest.raises(ConfigError, match=r"'block_size' is not in this space.*space.block_size"):
+        space.complete({"block_size": 32})
 
 
 def test_repair_bumps_and_caps_like_vllm_needs(space: SearchSpace) -> None:

@@ -233,6 +233,7 @@ def run_engine(
         Deadlines.of(workload, serving.ttft_ms, serving.tpot_ms),
         serving.spec.acceptance_rate,
         seed,
+        settings.block_size,
     )
     engines: list[Engine] = []
     client = _Client(reqs, settings.max_model_len, arrival_delay_s, arrival_delay_per_running_s)

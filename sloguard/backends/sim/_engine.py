@@ -3,10 +3,10 @@
 The engine runs steps; a :class:`~sloguard.backends.sim._scheduler.Scheduler` decides what each
 step computes (:class:`StepPlan`), the engine times it with the step-time model and applies it:
 computed tokens advance, a sequence whose prompt and outputs are all computed samples a token,
-finished requests free their KV blocks. KV lives in blocks of 16 tokens. With prefix caching, a
-request whose shared prefix is already cached skips computing it: a group's shared prefix, or for
-a later round of a multi-round request the prompt of the round before (whose prompt it starts
-with).
+finished requests free their KV blocks. KV lives in blocks of ``block_size`` tokens (16). With
+prefix caching, a request whose shared prefix is already cached skips computing it: a group's
+shared prefix, or for a later round of a multi-round request the prompt of the round before
+(whose prompt it starts with), in whole blocks.
 
 Stretches of pure decode, where nothing can join or leave the batch and no block can run out,
 are advanced in one vectorised jump with the same arithmetic as step by step (the same floats).
@@ -46,6 +46,7 @@ class EngineSettings:
     num_blocks: int
     long_prefill_token_threshold: int = 0  # prefill tokens per request per step (0: no cap)
     scheduling_policy: str = "fcfs"  # or "priority": waiting order and preemption by priority
+    block_size: int = BLOCK_SIZE  # tokens per KV block
 
     @classmethod
     def of(cls, knobs: dict[str, Any], num_blocks: int) -> EngineSettings:
@@ -59,6 +60,7 @@ class EngineSettings:
             num_blocks=num_blocks,
             long_prefill_token_threshold=knobs.get("long_prefill_token_threshold", 0),
             scheduling_policy=knobs.get("scheduling_policy", "fcfs"),
+            block_size=knobs.get("block_size", BLOCK_SIZE),
         )
 
 
@@ -213,9 +215,10 @@ class Engine:
         prompt, target, computed, generated, blocks = reqs.state
         if not all(computed[r] == prompt[r] + generated[r] - 1 for r in running):
             return False
-        # no request finishes before the last step, none needs more than ceil(k/16) blocks
+        # no request finishes before the last step, none needs more than ceil(k/block) blocks
+        block = self.settings.block_size
         k = min(min(target[r] - generated[r] for r in running), 4096)
-        k = min(k, BLOCK_SIZE * (free_blocks // nrun))
+        k = min(k, block * (free_blocks // nrun))
         if k < _MIN_JUMP:
             return False
         ctx0 = sum(prompt[r] + generated[r] for r in running)
@@ -236,7 +239,7 @@ class Engine:
             token_times[rid].extend(times)
             generated[rid] += k
             computed[rid] += k
-            grown = -(-computed[rid] // BLOCK_SIZE)
+            grown = -(-computed[rid] // block)
             free_blocks -= grown - blocks[rid]
             blocks[rid] = grown
             if computed[rid] >= pub_at[rid]:
@@ -311,7 +314,7 @@ class Engine:
                 reqs.computed[rid] += kept
                 reqs.generated[rid] += kept
                 reqs.token_times[rid].extend([now] * kept)
-                held = -(-reqs.computed[rid] // BLOCK_SIZE)  # rejected positions give back
+                held = -(-reqs.computed[rid] // self.settings.block_size)  # rejected give back
                 self.free_blocks += reqs.blocks[rid] - held
                 reqs.blocks[rid] = held
             else:

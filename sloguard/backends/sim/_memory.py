@@ -106,8 +106,9 @@ def plan_memory(
             "ValueError: No available memory for the cache blocks. Try increasing "
             "`gpu_memory_utilization` when initializing the engine.",
         )
-    num_blocks = int(kv // (per_token * BLOCK_SIZE))
-    tokens = num_blocks * BLOCK_SIZE
+    block = knobs.get("block_size", BLOCK_SIZE)
+    num_blocks = int(kv // (per_token * block))
+    tokens = num_blocks * block
     max_len = knobs["max_model_len"]
     if tokens < max_len:
         return None, _oom(
@@ -277,7 +278,15 @@ def _placement(model: ModelConfig, hw: HardwareConfig, knobs: dict[str, Any]) ->
 
 
 def _kernels(model: ModelConfig, hw: HardwareConfig, knobs: dict[str, Any]) -> CrashInfo | None:
+    block = knobs.get("block_size", BLOCK_SIZE)
     kv_dtype = knobs.get("kv_cache_dtype", "auto")
+    if block % hw.block_size_multiple:
+        return _config(  # vLLM 0.32 platforms/cuda.py get_attn_backend_cls: every backend refuses
+            "attention_backend_unsupported",
+            f"ValueError: No valid attention backend found for cuda with AttentionSelectorConfig("
+            f"head_size={model.head_dim}, kv_cache_dtype={kv_dtype}, block_size={block}). "
+            f"Reasons: {{{', '.join(f'{b}: [block_size not supported]' for b in _BACKENDS)}}}.",
+        )
     if kv_dtype not in hw.kv_cache_dtypes:
         return _config(  # vLLM 0.32 triton_attn.py TritonAttentionImpl.__init__ (below SM 8.9)
             "kv_cache_dtype_unsupported",
@@ -292,6 +301,9 @@ def _kernels(model: ModelConfig, hw: HardwareConfig, knobs: dict[str, Any]) -> C
             f"the current GPU ({hw.name}).",
         )
     return None
+
+
+_BACKENDS = ("FLASH_ATTN", "FLASHINFER", "TRITON_ATTN", "FLEX_ATTENTION")  # vLLM 0.32, CUDA
 
 
 def _oom(subcause: str, evidence: str) -> CrashInfo:

@@ -55,12 +55,14 @@ class Requests:
         deadlines: Per-request SLOs (``None``: no scheduler here plans with them).
         acceptance_rate: Chance that a speculated token is accepted.
         seed: Seeds the acceptance draws.
+        block_size: Tokens per KV block (cache hits land on whole blocks).
     """
 
     workload: Workload
     deadlines: Deadlines | None = None
     acceptance_rate: float = 1.0
     seed: int = 0
+    block_size: int = BLOCK_SIZE
     prompt: list[int] = field(init=False)
     target: list[int] = field(init=False)
     due: list[float] = field(init=False)
@@ -86,7 +88,7 @@ class Requests:
         self.token_times = [[] for _ in range(n)]
         self.send = [0.0] * n
         self.errors = [None] * n
-        self.hits, self.pubs = _prefix_keys(workload)
+        self.hits, self.pubs = _prefix_keys(workload, self.block_size)
         self.pub_at = [p[0][0] if p else math.inf for p in self.pubs]  # next publication
         self._rng = random.Random(self.seed)
         # the lists a step reads, in one tuple: one attribute load in the hot loops
@@ -94,7 +96,7 @@ class Requests:
 
     def footprint(self, rid: int) -> int:
         """KV blocks ``rid`` holds once its whole prompt and output are computed."""
-        return -(-(self.prompt[rid] + self.target[rid]) // BLOCK_SIZE)
+        return -(-(self.prompt[rid] + self.target[rid]) // self.block_size)
 
     def accepted(self, spec: int) -> int:
         """How many of ``spec`` speculated tokens the target model accepts (a fresh draw)."""
@@ -106,18 +108,18 @@ class Requests:
 
 
 def _prefix_keys(
-    workload: Workload,
+    workload: Workload, block: int
 ) -> tuple[list[list[tuple[int, int]]], list[list[tuple[int, int]]]]:
     """Per request, the cached prefixes it may reuse and those it puts in the cache.
 
     Each is a list of (tokens, key), shortest first. A group's shared prefix is key ``group``;
     the prompt of a round that another round follows is key ``-1 - index`` (whole blocks only).
     """
-    prefix = (workload.shared_prefix_len // BLOCK_SIZE) * BLOCK_SIZE
+    prefix = (workload.shared_prefix_len // block) * block
     groups = workload.prefix_groups.tolist()
     follows = workload.follows.tolist() if workload.follows is not None else [-1] * len(workload)
     chained = {f for f in follows if f >= 0}
-    whole = [(p // BLOCK_SIZE) * BLOCK_SIZE for p in workload.prompt_lens.tolist()]
+    whole = [(p // block) * block for p in workload.prompt_lens.tolist()]
     hits: list[list[tuple[int, int]]] = []
     pubs: list[list[tuple[int, int]]] = []
     for rid, group in enumerate(groups):

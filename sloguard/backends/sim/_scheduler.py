@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sloguard.backends.sim._engine import StepPlan
-from sloguard.gpu_profile import BLOCK_SIZE
 
 if TYPE_CHECKING:
     from sloguard.backends.sim._engine import Engine
@@ -90,6 +89,7 @@ class VllmScheduler:
         num_sampled = decode_ctx = 0
         attn_pairs = 0.0
         free_blocks = engine.free_blocks
+        block = engine.settings.block_size
         preempted = unscheduled = False
         idx = 0
         while idx < len(running) and budget > 0:
@@ -101,7 +101,7 @@ class VllmScheduler:
             ntok = need if need <= budget else budget
             if ntok > cap:
                 ntok = cap
-            new_blocks = -(-(computed[rid] + ntok) // BLOCK_SIZE) - blocks[rid]
+            new_blocks = -(-(computed[rid] + ntok) // block) - blocks[rid]
             victim = -1
             while new_blocks > free_blocks and victim != rid:
                 if self.priorities is None:
@@ -168,7 +168,7 @@ class VllmScheduler:
             if not settings.enable_chunked_prefill and min(need, cap) > budget:
                 break
             ntok = min(need, budget, cap)
-            new_blocks = -(-(start + ntok) // BLOCK_SIZE)
+            new_blocks = -(-(start + ntok) // settings.block_size)
             if new_blocks > engine.free_blocks:
                 break
             if start:

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING
 
 from sloguard.backends.sim._engine import StepPlan
 from sloguard.backends.sim._requests import expected_tokens
-from sloguard.gpu_profile import BLOCK_SIZE
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -351,7 +350,7 @@ class SlosServeScheduler:
             if self.predictor.extra(limit - plan.draft_s, step, seq) < 1 + spec:
                 return  # a best-effort decode waits for a step with time to spare
         upto = reqs.computed[rid] + 1 + spec
-        grows = -(-upto // BLOCK_SIZE) > reqs.blocks[rid]
+        grows = -(-upto // engine.settings.block_size) > reqs.blocks[rid]
         if grows and not self._blocks(engine, rid, upto, rid in self.admitted):
             return
         plan.ids.append(rid)
@@ -415,7 +414,7 @@ class SlosServeScheduler:
         """Give ``rid`` the blocks for ``upto`` tokens; a best-effort request only free ones."""
         reqs = engine.reqs
         have = reqs.blocks[rid] if held is None else held
-        new = -(-upto // BLOCK_SIZE) - have
+        new = -(-upto // engine.settings.block_size) - have
         if admitted:
             while new > engine.free_blocks and self._evict(engine):
                 pass

@@ -175,6 +175,27 @@ def test_prefix_cache_skips_the_shared_prefix() -> None:
     assert run.prefix_cache_hit_rate == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize(("block", "reused"), [(16, 64), (32, 64), (48, 48), (64, 64), (128, 0)])
+def test_a_bigger_block_caches_only_whole_blocks_of_the_prefix(block, reused) -> None:
+    """A 72-token shared prefix is reused in whole blocks: 64 tokens of 16s, none of 128."""
+    wl = _workload([100, 100], [2, 2], due=[0.0, 1.0], groups=[0, 0], prefix=72)
+    tokens = []
+    step = lambda t, s, p, c, j: tokens.append(t) or 0.01  # noqa: E731
+    run_engine(wl, _settings(enable_prefix_caching=True, block_size=block), step, np.ones(1), 60)
+    assert tokens[0] == 100 and 100 - reused in tokens[1:]
+
+
+def test_a_request_holds_whole_blocks_so_bigger_blocks_hold_fewer_requests() -> None:
+    # the same 128 tokens of cache: 16 + 40 = 56 tokens each, two fit in 4 blocks of 32
+    # (2 blocks each) but one block of 128 holds one request, the other waits for it
+    both = _run(_workload([16, 16], [40, 40]), num_blocks=4, block_size=32)
+    assert both.num_steps == 40 and both.num_preemptions == 0
+    one = _run(_workload([16, 16], [40, 40]), num_blocks=1, block_size=128)
+    assert one.num_steps == 80 and all(r.success for r in one.records)
+    second = max(r.token_times[0] for r in one.records)
+    assert second == pytest.approx(0.41)  # its prefill starts when the first one is done
+
+
 def test_the_frontend_delay_holds_each_request_back_from_the_scheduler() -> None:
     run = run_engine(
         _workload([8, 8], [2, 2], due=[0.0, 0.5]), _settings(), _const(), np.ones(1), 60.0,
@@ -200,6 +221,8 @@ def test_timeout_fails_what_is_unfinished() -> None:
         ({"enable_prefix_caching": True}, 6, 30.0, 0.0),  # capped open loop
         ({}, 4, 0.0, 0.02),  # frontend delay: closed loop
         ({"max_num_seqs": 4}, 0, 40.0, 0.03),  # frontend delay: open loop
+        ({"max_num_seqs": 3, "num_blocks": 12, "block_size": 64}, 0, 50.0, 0.0),  # big blocks
+        ({"enable_prefix_caching": True, "block_size": 32}, 6, 30.0, 0.0),
     ],
 )
 def test_fast_decode_jumps_give_exactly_the_step_by_step_result(

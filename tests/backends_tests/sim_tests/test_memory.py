@@ -166,3 +166,34 @@ def test_an_fp8_kv_cache_holds_twice_the_tokens_and_is_refused_below_sm89(compos
     assert (crash.category, crash.subcause) == (CrashCategory.CONFIG, "kv_cache_dtype_unsupported")
     assert "FP8 KV cache is not supported by the Triton attention backend" in crash.evidence
     assert plan_memory(t4.model, t4.hardware, _knobs(t4))[1] is None  # auto starts
+
+
+def test_a_block_size_rounds_the_kv_cache_and_is_refused_off_the_kernels_multiple(compose) -> None:
+    """--block-size: the cache is whole blocks; CUDA kernels take multiples of 16, the CPU any."""
+    cfg = compose("space.block_size=[16,8,32,128]")
+    plans = {
+        b: plan_memory(cfg.model, cfg.hardware, _knobs(cfg, block_size=b))[0]
+        for b in (16, 32, 128)
+    }
+    for block, plan in plans.items():
+        assert plan.kv_cache_tokens == plan.num_blocks * block
+        assert plans[16].kv_cache_tokens - plan.kv_cache_tokens < block  # the same memory
+    plan, crash = plan_memory(cfg.model, cfg.hardware, _knobs(cfg, block_size=8))
+    assert plan is None and crash is not None
+    assert (crash.category, crash.subcause) == (
+        CrashCategory.CONFIG,
+        "attention_backend_unsupported",
+    )
+    assert "No valid attention backend found for cuda" in crash.evidence
+    assert (
+        "block_size=8" in crash.evidence
+        and "FLASH_ATTN: [block_size not supported]" in crash.evidence
+    )
+    again = classify(crash.evidence, 1, phase="startup")  # as a real server's log would read
+    assert (again.category, again.subcause) == (crash.category, crash.subcause)
+    cpu = compose(
+        "hardware=cpu", "model=tiny-random", "space=cpu-small", "space.block_size=[128,8]"
+    )
+    space = SearchSpace.from_config(cpu.space)
+    knobs = space.repair(space.complete({"block_size": 8}), cpu.model.max_position_embeddings)
+    assert plan_memory(cpu.model, cpu.hardware, knobs.config)[1] is None

@@ -456,7 +456,7 @@ def test_vllm_reads_the_best_config_file_as_the_flags(vllm_python, tmp_path) -> 
     knobs = {**KNOBS, "gpu_memory_utilization": 0.8655369, "enable_chunked_prefill": False,
              "kv_cache_dtype": "fp8", "long_prefill_token_threshold": 512,
              "scheduling_policy": "priority", "tensor_parallel_size": 2,
-             "data_parallel_size": 2}  # fmt: skip
+             "data_parallel_size": 2, "block_size": 32}  # fmt: skip
     (tmp_path / "best.yaml").write_text(serve_config(knobs))
     script = (
         "import json, sys\n"
@@ -480,3 +480,4 @@ def test_vllm_reads_the_best_config_file_as_the_flags(vllm_python, tmp_path) -> 
     assert from_file["long_prefill_token_threshold"] == 512
     assert from_file["scheduling_policy"] == "priority"
     assert from_file["tensor_parallel_size"] == 2 and from_file["data_parallel_size"] == 2
+    assert from_file["block_size"] == 32
