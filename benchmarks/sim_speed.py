@@ -62,7 +62,7 @@ def trial_part(repeats: int) -> None:
         slo = slo_from_config(cfg)
         result = backend.evaluate(knobs, workload, slo, seed=0)
         plan, _ = plan_memory(cfg.model, cfg.hardware, knobs)
-        settings = EngineSettings.of(knobs, plan.num_blocks)
+        settings = EngineSettings.of(knobs, plan.num_blocks, plan.block_size)
         step = StepTimeModel(cfg.model, cfg.hardware, knobs)
         jitter = make_jitter(np.random.default_rng(0), step_noise(cfg))
 

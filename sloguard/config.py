@@ -112,9 +112,10 @@ class HardwareConfig:
     quantization: list[str] = field(default_factory=lambda: ["fp16", "fp8", "awq", "gptq"])
     # --kv-cache-dtype values an attention backend on this device accepts (vLLM refuses others)
     kv_cache_dtypes: list[str] = field(default_factory=lambda: ["auto", "fp8"])
-    # --block-size must be a multiple of this: vLLM 0.32's CUDA attention kernels (FlashAttention,
-    # FlashInfer, Triton, FlexAttention) take multiples of 16; the CPU build any size (1)
-    block_size_multiple: int = num(16, ge=1, le=4096)
+    # the platform's default --block-size (vLLM 0.32: 16 on CUDA, 128 on the CPU build), and
+    # what a --block-size must be a multiple of (the CUDA attention kernels: 16)
+    block_size: int = num(16, ge=1, le=MAX_BLOCK_SIZE)
+    block_size_multiple: int = num(16, ge=1, le=MAX_BLOCK_SIZE)
     # GPUs each trial's server gets (workers=auto: GPUs / this): tensor x data parallel <= this
     gpus_per_trial: int = num(1, ge=1, le=1024)
     # tensor parallelism: all-reduce bus bandwidth between the GPUs (NCCL's busbw), and the

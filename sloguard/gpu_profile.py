@@ -24,7 +24,7 @@ from sloguard._optional import optional
 from sloguard.space import Repair
 
 GIB = float(1 << 30)
-BLOCK_SIZE = 16
+BLOCK_SIZE = 16  # tokens per KV block: vLLM's default on CUDA (hardware.block_size)
 # bytes per weight parameter; 4-bit formats carry group scales
 WEIGHT_BYTES: dict[str, float] = {"fp16": 2.0, "fp8": 1.0, "awq": 0.5625, "gptq": 0.5625}
 _DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float": 4, "half": 2}
@@ -203,6 +203,7 @@ class MemoryGuard:
         overcommit: How many times the KV cache ``max_num_seqs x max_model_len`` may exceed
             (1.0 is the seed's rule: every sequence can reach ``max_model_len`` without
             preemption; it starves concurrency when the KV cache is short).
+        block_size: The platform's default ``--block-size`` (a config's ``block_size`` wins).
     """
 
     model: Any
@@ -211,6 +212,7 @@ class MemoryGuard:
     kv_bytes_per_token: float
     footprint_gb: float | None = None
     overcommit: float = 1.0
+    block_size: int = BLOCK_SIZE
 
     @classmethod
     def for_model(
@@ -226,6 +228,7 @@ class MemoryGuard:
             kv_bytes_per_token=float(kv_env) * 1e9 if kv_env else kv_bytes_per_token(model),
             footprint_gb=float(footprint_env) if footprint_env else None,
             overcommit=overcommit,
+            block_size=hw.block_size,
         )
 
     def footprint_gib(self, config: dict[str, Any]) -> float:
@@ -244,7 +247,7 @@ class MemoryGuard:
         kv_gib = config["gpu_memory_utilization"] * self.vram_gb - self.footprint_gib(config)
         if kv_gib <= 0:
             return 0
-        block = config.get("block_size", BLOCK_SIZE)
+        block = config.get("block_size", self.block_size)
         return int(kv_gib * GIB // (self._kv_bytes(config) * block)) * block
 
     def repair(self, config: dict[str, Any], util_high: float, len_low: int = 1) -> Repair:
@@ -298,7 +301,7 @@ class MemoryGuard:
 
     def _util_for(self, config: dict[str, Any], tokens: int) -> float | None:
         """The smallest utilisation (rounded up to 0.001) that gives ``tokens`` KV tokens."""
-        block = config.get("block_size", BLOCK_SIZE)
+        block = config.get("block_size", self.block_size)
         need_gib = math.ceil(tokens / block) * block * self._kv_bytes(config) / GIB
         util = math.ceil((self.footprint_gib(config) + need_gib) / self.vram_gb * 1000) / 1000
         return util if util <= 1.0 else None

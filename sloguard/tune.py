@@ -177,8 +177,14 @@ def _job(cfg: DictConfig) -> float | None:
         print(closest_line(outcome.records, slo_from_config(cfg)))
         return None
     m = best.result.metrics
+    capacity = ""
+    if "capacity_rps" in m:
+        capacity = f"capacity {m['capacity_rps']:.2f} req/s"
+        if "capacity_per_gpu_rps" in m:
+            capacity += f" ({m['capacity_per_gpu_rps']:.2f} per GPU on {m['gpus']:.0f})"
+        capacity += ", "
     print(
-        f"study {outcome.study_name}: best trial #{best.number} "
+        f"study {outcome.study_name}: best trial #{best.number} {capacity}"
         f"goodput {m['goodput_tok_s']:.1f} tok/s, TTFT p99 {m['ttft_p99_ms']:.1f} ms, "
         f"ITL p99 {m['itl_p99_ms']:.1f} ms; MLflow run {outcome.run_id}"
     )

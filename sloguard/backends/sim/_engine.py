@@ -49,7 +49,7 @@ class EngineSettings:
     block_size: int = BLOCK_SIZE  # tokens per KV block
 
     @classmethod
-    def of(cls, knobs: dict[str, Any], num_blocks: int) -> EngineSettings:
+    def of(cls, knobs: dict[str, Any], num_blocks: int, block_size: int) -> EngineSettings:
         """The scheduler's knobs of a complete configuration, with its KV blocks."""
         return cls(
             max_num_seqs=knobs["max_num_seqs"],
@@ -60,7 +60,7 @@ class EngineSettings:
             num_blocks=num_blocks,
             long_prefill_token_threshold=knobs.get("long_prefill_token_threshold", 0),
             scheduling_policy=knobs.get("scheduling_policy", "fcfs"),
-            block_size=knobs.get("block_size", BLOCK_SIZE),
+            block_size=block_size,
         )
 
 
@@ -180,9 +180,11 @@ class Engine:
         reqs = self.reqs
         seq = reqs.prompt[rid] + reqs.generated[rid]
         hits = reqs.hits[rid]
-        if not (self.settings.enable_prefix_caching and hits):
+        if not self.settings.enable_prefix_caching:
             return 0
-        self.prefix_queries += hits[-1][0]
+        self.prefix_queries += seq  # vLLM counts every token of a request it looks up
+        if not hits:
+            return 0
         cached = self.cached
         hit = max((length for length, key in hits if key in cached), default=0)
         return min(hit, seq - 1)

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from sloguard.crash_classifier import CrashCategory, CrashInfo
 from sloguard.gpu_profile import (
-    BLOCK_SIZE,
     GIB,
     activation_bytes,
     kv_bytes_per_token,
@@ -57,6 +56,7 @@ class MemoryPlan:
     kv_cache_tokens: int
     num_blocks: int
     max_concurrency: float  # requests of max_model_len the KV cache holds at once
+    block_size: int  # tokens per KV block
 
     def to_dict(self) -> dict[str, float]:
         return {k: round(float(v), 4) for k, v in self.__dict__.items()}
@@ -106,7 +106,7 @@ def plan_memory(
             "ValueError: No available memory for the cache blocks. Try increasing "
             "`gpu_memory_utilization` when initializing the engine.",
         )
-    block = knobs.get("block_size", BLOCK_SIZE)
+    block = knobs.get("block_size", hw.block_size)
     num_blocks = int(kv // (per_token * block))
     tokens = num_blocks * block
     max_len = knobs["max_model_len"]
@@ -138,7 +138,9 @@ def plan_memory(
         kv_cache_gib=kv / GIB,
         kv_cache_tokens=tokens,
         num_blocks=num_blocks,
-        max_concurrency=tokens / max_len,
+        # vLLM 0.32 kv_cache_utils.get_max_concurrency_for_kv_cache_config: whole blocks each
+        max_concurrency=num_blocks / -(-max_len // block),
+        block_size=block,
     )
     return plan, None
 
@@ -278,7 +280,7 @@ def _placement(model: ModelConfig, hw: HardwareConfig, knobs: dict[str, Any]) ->
 
 
 def _kernels(model: ModelConfig, hw: HardwareConfig, knobs: dict[str, Any]) -> CrashInfo | None:
-    block = knobs.get("block_size", BLOCK_SIZE)
+    block = knobs.get("block_size", hw.block_size)
     kv_dtype = knobs.get("kv_cache_dtype", "auto")
     if block % hw.block_size_multiple:
         return _config(  # vLLM 0.32 platforms/cuda.py get_attn_backend_cls: every backend refuses

@@ -123,7 +123,7 @@ class SimBackend(BaseBackend):
         rng = np.random.default_rng(seed)
         run = run_engine(
             workload,
-            EngineSettings.of(config, plan.num_blocks),
+            EngineSettings.of(config, plan.num_blocks, plan.block_size),
             StepTimeModel(model, hw, config),
             make_jitter(rng, step_noise(self.settings)),
             backend.timeout_s,

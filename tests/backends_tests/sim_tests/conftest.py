@@ -39,7 +39,7 @@ def serve_composed(
     sigma = step_noise(cfg) if noise is None else noise
     return run(
         workload,
-        EngineSettings.of(config, num_blocks or plan.num_blocks),
+        EngineSettings.of(config, num_blocks or plan.num_blocks, plan.block_size),
         StepTimeModel(cfg.model, cfg.hardware, config),
         make_jitter(np.random.default_rng(jitter_seed), sigma),
         cfg.backend.timeout_s,

@@ -177,7 +177,7 @@ def test_a_block_size_rounds_the_kv_cache_and_is_refused_off_the_kernels_multipl
     }
     for block, plan in plans.items():
         assert plan.kv_cache_tokens == plan.num_blocks * block
-        assert plans[16].kv_cache_tokens - plan.kv_cache_tokens < block  # the same memory
+        assert 0 <= plans[16].kv_cache_tokens - plan.kv_cache_tokens < block  # the same memory
     plan, crash = plan_memory(cfg.model, cfg.hardware, _knobs(cfg, block_size=8))
     assert plan is None and crash is not None
     assert (crash.category, crash.subcause) == (
