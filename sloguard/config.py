@@ -29,6 +29,7 @@ MAX_BLOCK_SIZE = 4096  # tokens per KV block (vLLM: any size > 0; past this, a t
 OBJECTIVES: tuple[str, ...] = ("goodput", "capacity", "capacity_per_gpu")
 # objectives that search the highest rate meeting the attainment target
 CAPACITY_OBJECTIVES: tuple[str, ...] = ("capacity", "capacity_per_gpu")
+PLATFORMS: tuple[str, ...] = ("cuda", "cpu")
 # the optimizers' names (sloguard.optimizer.OPTIMIZERS builds them), here so that validating a
 # command line loads no optimizer library
 OPTIMIZER_NAMES: tuple[str, ...] = (
@@ -112,8 +113,9 @@ class HardwareConfig:
     quantization: list[str] = field(default_factory=lambda: ["fp16", "fp8", "awq", "gptq"])
     # --kv-cache-dtype values an attention backend on this device accepts (vLLM refuses others)
     kv_cache_dtypes: list[str] = field(default_factory=lambda: ["auto", "fp8"])
+    platform: str = "cuda"  # vLLM's platform (cuda or cpu): whose refusals the simulator gives
     # the platform's default --block-size (vLLM 0.32: 16 on CUDA, 128 on the CPU build), and
-    # what a --block-size must be a multiple of (the CUDA attention kernels: 16)
+    # what a --block-size must be a multiple of (the attention kernels: CUDA 16, CPU 32)
     block_size: int = num(16, ge=1, le=MAX_BLOCK_SIZE)
     block_size_multiple: int = num(16, ge=1, le=MAX_BLOCK_SIZE)
     # GPUs each trial's server gets (workers=auto: GPUs / this): tensor x data parallel <= this
@@ -533,6 +535,7 @@ def validate(cfg: DictConfig) -> Config:
         )
     _check_optimizer(cfg.optimizer, cfg.budget)
     _check_serving(cfg.backend, cfg.space)
+    _check_choice("hardware.platform", cfg.hardware.platform, PLATFORMS)
     for dtype in cfg.hardware.kv_cache_dtypes:
         _check_choice("hardware.kv_cache_dtypes", dtype, KV_CACHE_DTYPES)
     _check_network(cfg.backend)

@@ -262,8 +262,10 @@ RULES: tuple[Rule, ...] = (
     ),
     _rule(
         CONFIG, "attention_backend_unsupported",
-        r"No valid attention backend found|Selected backend \S+ is not valid for",
+        r"No valid attention backend found|Selected backend \S+ is not valid for"
+        r"|No common block size for \d+",
         "platforms/cuda.py CudaPlatform.get_attn_backend_cls (0.32: every backend refuses)",
+        "v1/worker/utils.py select_common_block_size (0.32: no kernel takes the block size)",
     ),
     _rule(
         CONFIG, "dtype_unsupported",

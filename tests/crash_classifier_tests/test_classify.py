@@ -70,6 +70,9 @@ def test_real_cpu_build_logs(name, exit_code, category, subcause, evidence) -> N
         ("ValueError: No valid attention backend found for cuda with AttentionSelectorConfig("
          "head_size=80, kv_cache_dtype=auto, block_size=8). Reasons: {FLASH_ATTN: [block_size "
          "not supported]}.", "config", "attention_backend_unsupported"),
+        # seen on the CPU build (vLLM 0.32) launched with --block-size 8
+        ("ValueError: No common block size for 8 (CPU_ATTN: [MultipleOf(32)]).", "config",
+         "attention_backend_unsupported"),
     ],
 )  # fmt: skip
 def test_gpu_messages_from_the_vllm_source(line, category, subcause) -> None:

@@ -282,6 +282,12 @@ def _placement(model: ModelConfig, hw: HardwareConfig, knobs: dict[str, Any]) ->
 def _kernels(model: ModelConfig, hw: HardwareConfig, knobs: dict[str, Any]) -> CrashInfo | None:
     block = knobs.get("block_size", hw.block_size)
     kv_dtype = knobs.get("kv_cache_dtype", "auto")
+    if block % hw.block_size_multiple and hw.platform == "cpu":
+        return _config(  # vLLM 0.32 v1/worker/utils.py select_common_block_size (seen on the CPU)
+            "attention_backend_unsupported",
+            f"ValueError: No common block size for {block} (CPU_ATTN: "
+            f"[MultipleOf({hw.block_size_multiple})]).",
+        )
     if block % hw.block_size_multiple:
         return _config(  # vLLM 0.32 platforms/cuda.py get_attn_backend_cls: every backend refuses
             "attention_backend_unsupported",

@@ -191,9 +191,15 @@ def test_a_block_size_rounds_the_kv_cache_and_is_refused_off_the_kernels_multipl
     )
     again = classify(crash.evidence, 1, phase="startup")  # as a real server's log would read
     assert (again.category, again.subcause) == (crash.category, crash.subcause)
-    cpu = compose(
-        "hardware=cpu", "model=tiny-random", "space=cpu-small", "space.block_size=[128,8]"
-    )
+    # the CPU build's kernels take multiples of 32, and it says so in its own words
+    cpu = compose("hardware=cpu", "model=tiny-random", "space=cpu-small")
     space = SearchSpace.from_config(cpu.space)
-    knobs = space.repair(space.complete({"block_size": 8}), cpu.model.max_position_embeddings)
-    assert plan_memory(cpu.model, cpu.hardware, knobs.config)[1] is None
+    knobs = space.repair(space.complete({}), cpu.model.max_position_embeddings).config
+    for block, refused in ((8, True), (48, True), (64, False), (128, False)):
+        crash = plan_memory(cpu.model, cpu.hardware, {**knobs, "block_size": block})[1]
+        assert (crash is not None) == refused, block
+    refusal = plan_memory(cpu.model, cpu.hardware, {**knobs, "block_size": 8})[1]
+    assert (
+        refusal.evidence == "ValueError: No common block size for 8 (CPU_ATTN: [MultipleOf(32)])."
+    )
+    assert plan_memory(cpu.model, cpu.hardware, knobs)[0].block_size == 128  # its default

@@ -146,6 +146,25 @@ def test_a_prefill_cap_over_max_model_len_is_refused_as_the_sim_says(
 
 
 @pytest.mark.vllm
+def test_a_block_size_off_the_cpu_kernels_multiple_is_refused_as_the_sim_says(
+    compose, vllm_python, tmp_path
+) -> None:
+    from sloguard.backends.sim import plan_memory
+
+    backend, workload, slo = _backend(compose)
+    knobs = {**KNOBS, "block_size": 48}  # CPU_ATTN takes multiples of 32
+    result = backend.evaluate(knobs, workload, slo, seed=0, log_path=tmp_path / "server.log")
+    crash = result.crash
+    assert crash is not None and (crash.category.value, crash.phase) == ("config", "startup")
+    assert crash.subcause == "attention_backend_unsupported"
+    assert_group_gone(backend.last_server.pgid)
+    cfg = compose(*REAL)
+    _, predicted = plan_memory(cfg.model, cfg.hardware, knobs)
+    assert predicted is not None and predicted.subcause == crash.subcause
+    assert predicted.evidence == crash.evidence  # vLLM's line, word for word
+
+
+@pytest.mark.vllm
 def test_priority_policy_serves_the_tight_class_first_as_the_sim_does(
     compose, vllm_python, tmp_path
 ) -> None:
