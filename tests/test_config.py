@@ -73,6 +73,10 @@ def test_defaults_are_the_seed_setting(compose) -> None:
         ("space.block_size=[16,0]", "space.block_size has 0; each must be in [1, 4096]"),
         ("hardware.block_size_multiple=0", "hardware.block_size_multiple=0 is invalid"),
         (
+            "hardware.platform=tpu",
+            "hardware.platform='tpu' is not known; choose one of: cuda, cpu",
+        ),
+        (
             "space.data_parallel_size=[2] space.router=[round-robin]",
             "space.data_parallel_size is vLLM's own engines behind its balancer; it cannot be "
             "combined with the simulator's replicas and router",

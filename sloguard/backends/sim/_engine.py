@@ -3,7 +3,7 @@
 The engine runs steps; a :class:`~sloguard.backends.sim._scheduler.Scheduler` decides what each
 step computes (:class:`StepPlan`), the engine times it with the step-time model and applies it:
 computed tokens advance, a sequence whose prompt and outputs are all computed samples a token,
-finished requests free their KV blocks. KV lives in blocks of ``block_size`` tokens (16). With
+finished requests free their KV blocks. KV lives in blocks of ``block_size`` tokens. With
 prefix caching, a request whose shared prefix is already cached skips computing it: a group's
 shared prefix, or for a later round of a multi-round request the prompt of the round before
 (whose prompt it starts with), in whole blocks.
@@ -160,6 +160,7 @@ class Engine:
         self.last_step = 0.0
         self.steps = self.preemptions = self.batch_tokens = self.peak_used = 0
         self.prefix_queries = self.prefix_hits = 0
+        self.recomputed: set[int] = set()  # requests preempted once: out of the cache counters
         scheduler.attach(self)
 
     @property
@@ -180,14 +181,20 @@ class Engine:
         reqs = self.reqs
         seq = reqs.prompt[rid] + reqs.generated[rid]
         hits = reqs.hits[rid]
-        if not self.settings.enable_prefix_caching:
-            return 0
-        self.prefix_queries += seq  # vLLM counts every token of a request it looks up
-        if not hits:
+        if not (self.settings.enable_prefix_caching and hits):
             return 0
         cached = self.cached
         hit = max((length for length, key in hits if key in cached), default=0)
         return min(hit, seq - 1)
+
+    def admitted(self, rid: int, start: int) -> None:
+        """Count ``rid``'s prefix-cache lookup as vLLM's exported counters do: when it is
+        admitted, all its tokens queried and ``start`` of them hit; not again after a preemption
+        (vLLM 0.32 ``Scheduler.schedule`` records lookups at admission, a preempted request's
+        apart)."""
+        if self.settings.enable_prefix_caching and rid not in self.recomputed:
+            self.prefix_queries += self.reqs.prompt[rid] + self.reqs.generated[rid]
+            self.prefix_hits += start
 
     def preempt(self, victim: int) -> None:
         """Free ``victim``'s blocks; it is recomputed from its first token later."""
@@ -195,6 +202,7 @@ class Engine:
         self.free_blocks += reqs.blocks[victim]
         reqs.blocks[victim] = reqs.computed[victim] = 0
         self.preemptions += 1
+        self.recomputed.add(victim)
 
     def jump(self, horizon: float, timeout_s: float) -> bool:
         """Advance every running request by k tokens at once, if nothing can change meanwhile.

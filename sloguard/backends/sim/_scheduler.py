@@ -171,8 +171,7 @@ class VllmScheduler:
             new_blocks = -(-(start + ntok) // settings.block_size)
             if new_blocks > engine.free_blocks:
                 break
-            if start:
-                engine.prefix_hits += start
+            engine.admitted(rid, start)
             waiting.popleft()
             running.append(rid)
             reqs.computed[rid] = start

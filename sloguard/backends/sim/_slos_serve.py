@@ -390,8 +390,7 @@ class SlosServeScheduler:
         if not self._blocks(engine, rid, start + ntok, admitted, held=0 if starting else None):
             return limit, True
         if starting:
-            if start:
-                engine.prefix_hits += start
+            engine.admitted(rid, start)
             if admitted:
                 engine.waiting.remove(rid)
             else:

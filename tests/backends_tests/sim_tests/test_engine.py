@@ -201,6 +201,19 @@ def test_a_request_holds_whole_blocks_so_bigger_blocks_hold_fewer_requests() -> 
     assert second == pytest.approx(0.41)  # its prefill starts when the first one is done
 
 
+def test_a_lookup_counts_once_when_admitted_as_vllm_counts_it() -> None:
+    """The second request waits for blocks for many steps (and is preempted in the second
+    case): its prompt enters the hit rate once, at admission, as vLLM's counters have it."""
+    waiting = _workload([80, 80], [30, 4], due=[0.0, 0.05], groups=[0, 0], prefix=64)
+    run = _run(waiting, enable_prefix_caching=True, num_blocks=7)
+    assert run.num_steps > 30 and run.num_preemptions == 0
+    assert run.prefix_cache_hit_rate == pytest.approx(64 / 160)
+    preempted = _workload([40, 40], [40, 40], due=[0.0, 0.05], groups=[0, 0], prefix=32)
+    run = _run(preempted, enable_prefix_caching=True, num_blocks=8)
+    assert run.num_preemptions > 0 and all(r.success for r in run.records)
+    assert run.prefix_cache_hit_rate == pytest.approx(32 / 80)
+
+
 def test_the_frontend_delay_holds_each_request_back_from_the_scheduler() -> None:
     run = run_engine(
         _workload([8, 8], [2, 2], due=[0.0, 0.5]), _settings(), _const(), np.ones(1), 60.0,

@@ -2,7 +2,7 @@ import pytest
 
 from sloguard.backends.sim import plan_memory
 from sloguard.crash_classifier import CrashCategory, classify
-from sloguard.gpu_profile import kv_bytes_per_token
+from sloguard.gpu_profile import MemoryGuard, kv_bytes_per_token
 from sloguard.space import SearchSpace
 
 
@@ -169,7 +169,7 @@ def test_an_fp8_kv_cache_holds_twice_the_tokens_and_is_refused_below_sm89(compos
 
 
 def test_a_block_size_rounds_the_kv_cache_and_is_refused_off_the_kernels_multiple(compose) -> None:
-    """--block-size: the cache is whole blocks; CUDA kernels take multiples of 16, the CPU any."""
+    """--block-size: the cache is whole blocks; CUDA kernels take multiples of 16, the CPU 32."""
     cfg = compose("space.block_size=[16,8,32,128]")
     plans = {
         b: plan_memory(cfg.model, cfg.hardware, _knobs(cfg, block_size=b))[0]
@@ -202,4 +202,10 @@ def test_a_block_size_rounds_the_kv_cache_and_is_refused_off_the_kernels_multipl
     assert (
         refusal.evidence == "ValueError: No common block size for 8 (CPU_ATTN: [MultipleOf(32)])."
     )
-    assert plan_memory(cpu.model, cpu.hardware, knobs)[0].block_size == 128  # its default
+    plan = plan_memory(cpu.model, cpu.hardware, knobs)[0]
+    assert plan.block_size == 128  # the CPU build's default
+    # vLLM's max concurrency: whole blocks per max_model_len request (1000 tokens: 8 blocks)
+    odd = plan_memory(cpu.model, cpu.hardware, {**knobs, "max_model_len": 1000})[0]
+    assert odd.max_concurrency == odd.num_blocks / 8
+    guard = MemoryGuard.for_model(cpu.model, cpu.hardware, cpu.hardware.vram_gb)
+    assert guard.block_size == 128 and guard.kv_tokens(knobs) == plan.kv_cache_tokens
