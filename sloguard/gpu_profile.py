@@ -247,7 +247,7 @@ class MemoryGuard:
         kv_gib = config["gpu_memory_utilization"] * self.vram_gb - self.footprint_gib(config)
         if kv_gib <= 0:
             return 0
-        block = config.get("block_size", self.block_size)
+        block = self._block(config)
         return int(kv_gib * GIB // (self._kv_bytes(config) * block)) * block
 
     def repair(self, config: dict[str, Any], util_high: float, len_low: int = 1) -> Repair:
@@ -299,9 +299,13 @@ class MemoryGuard:
             return per_token / self.model.dtype_bytes
         return per_token
 
+    def _block(self, config: dict[str, Any]) -> int:
+        """Tokens per KV block under ``config``: its ``block_size``, else the platform's."""
+        return int(config.get("block_size", self.block_size))
+
     def _util_for(self, config: dict[str, Any], tokens: int) -> float | None:
         """The smallest utilisation (rounded up to 0.001) that gives ``tokens`` KV tokens."""
-        block = config.get("block_size", self.block_size)
+        block = self._block(config)
         need_gib = math.ceil(tokens / block) * block * self._kv_bytes(config) / GIB
         util = math.ceil((self.footprint_gib(config) + need_gib) / self.vram_gb * 1000) / 1000
         return util if util <= 1.0 else None

@@ -282,19 +282,8 @@ def _placement(model: ModelConfig, hw: HardwareConfig, knobs: dict[str, Any]) ->
 def _kernels(model: ModelConfig, hw: HardwareConfig, knobs: dict[str, Any]) -> CrashInfo | None:
     block = knobs.get("block_size", hw.block_size)
     kv_dtype = knobs.get("kv_cache_dtype", "auto")
-    if block % hw.block_size_multiple and hw.platform == "cpu":
-        return _config(  # vLLM 0.32 v1/worker/utils.py select_common_block_size (seen on the CPU)
-            "attention_backend_unsupported",
-            f"ValueError: No common block size for {block} (CPU_ATTN: "
-            f"[MultipleOf({hw.block_size_multiple})]).",
-        )
     if block % hw.block_size_multiple:
-        return _config(  # vLLM 0.32 platforms/cuda.py get_attn_backend_cls: every backend refuses
-            "attention_backend_unsupported",
-            f"ValueError: No valid attention backend found for cuda with AttentionSelectorConfig("
-            f"head_size={model.head_dim}, kv_cache_dtype={kv_dtype}, block_size={block}). "
-            f"Reasons: {{{', '.join(f'{b}: [block_size not supported]' for b in _BACKENDS)}}}.",
-        )
+        return _config("attention_backend_unsupported", _block_refusal(model, hw, block, kv_dtype))
     if kv_dtype not in hw.kv_cache_dtypes:
         return _config(  # vLLM 0.32 triton_attn.py TritonAttentionImpl.__init__ (below SM 8.9)
             "kv_cache_dtype_unsupported",
@@ -312,6 +301,21 @@ def _kernels(model: ModelConfig, hw: HardwareConfig, knobs: dict[str, Any]) -> C
 
 
 _BACKENDS = ("FLASH_ATTN", "FLASHINFER", "TRITON_ATTN", "FLEX_ATTENTION")  # vLLM 0.32, CUDA
+
+
+def _block_refusal(model: ModelConfig, hw: HardwareConfig, block: int, kv_dtype: str) -> str:
+    """vLLM 0.32's words for a block size no attention kernel of the platform takes."""
+    if hw.platform == "cpu":  # v1/worker/utils.py select_common_block_size (seen on the CPU)
+        return (
+            f"ValueError: No common block size for {block} (CPU_ATTN: "
+            f"[MultipleOf({hw.block_size_multiple})])."
+        )
+    reasons = ", ".join(f"{b}: [block_size not supported]" for b in _BACKENDS)
+    return (  # platforms/cuda.py get_attn_backend_cls: every backend refuses
+        f"ValueError: No valid attention backend found for cuda with AttentionSelectorConfig("
+        f"head_size={model.head_dim}, kv_cache_dtype={kv_dtype}, block_size={block}). "
+        f"Reasons: {{{reasons}}}."
+    )
 
 
 def _oom(subcause: str, evidence: str) -> CrashInfo:

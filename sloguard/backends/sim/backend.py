@@ -75,27 +75,31 @@ class SimBackend(BaseBackend):
         )
 
     def gpus(self, config: dict[str, Any]) -> int:
-        """vLLM's tensor x data parallel sizes, times the simulator's replicas (each a server of
-        its own)."""
-        if int(config.get("data_parallel_size", 1)) > 1:
-            return super().gpus(config)
-        replicas = int(config.get("replicas", self.settings.backend.replicas))
-        return super().gpus(config) * replicas
+        """The tensor parallel size times the engines: vLLM's data-parallel ones, else the
+        simulator's replicas (each a server of its own)."""
+        return int(config.get("tensor_parallel_size", 1)) * self._engines(config)
 
     def serving(self, config: dict[str, Any], slo: SloContract) -> ServingSettings:
         """Scheduler, replicas, router and speculation: the backend's, or the trial's knobs (a
         data-parallel size runs that many engines behind vLLM's balancer)."""
         backend = self.settings.backend
         spec = backend.spec_decode
-        engines = int(config.get("data_parallel_size", 1))  # vLLM's engines, its own balancer
+        data_parallel = int(config.get("data_parallel_size", 1)) > 1  # vLLM's own balancer
         return ServingSettings(
             scheduler=config.get("scheduler", backend.scheduler),
-            replicas=engines if engines > 1 else int(config.get("replicas", backend.replicas)),
-            router="dp-balance" if engines > 1 else config.get("router", backend.router),
+            replicas=self._engines(config),
+            router="dp-balance" if data_parallel else config.get("router", backend.router),
             soft_admission=backend.soft_admission,
             spec=dataclasses.replace(spec, enabled=bool(config.get("spec_decode", spec.enabled))),
             ttft_ms=slo.ttft_ms,
             tpot_ms=slo.itl_ms,
+        )
+
+    def _engines(self, config: dict[str, Any]) -> int:
+        """Engines serving ``config``: vLLM's data-parallel size, else the simulator's replicas."""
+        engines = int(config.get("data_parallel_size", 1))
+        return (
+            engines if engines > 1 else int(config.get("replicas", self.settings.backend.replicas))
         )
 
     def _evaluate(
