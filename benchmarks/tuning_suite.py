@@ -196,6 +196,12 @@ def run_one_study(
     }
 
 
+def _run_task(task: tuple[str, Any]) -> Any:
+    """An exploration or a study, by the name the task carries."""
+    kind, args = task
+    return explore(args) if kind == "explore" else run_one_study(args)
+
+
 def score(study: dict[str, Any], best_known: float) -> dict[str, Any]:
     """Regret at each cutoff, crash waste and trials to within 5% of one study."""
     measured = study["measured"]
@@ -310,28 +316,24 @@ def main() -> None:
     # one thread per worker process: the GP baseline's PyTorch would otherwise oversubscribe
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     ctx = mp.get_context("spawn")
+    explorations: list[tuple[str, Any]] = [
+        ("explore", (tuple(PROBLEMS[p]), "random", 10_000 + i, args.explore))
+        for i, p in enumerate(problems)
+    ] + [("explore", (tuple(PROBLEMS[p]), "grid", 0, args.budget)) for p in problems]
+    jobs = [(p, o, s) for p in problems for o in optimizers for s in range(args.seeds)]
+    studies_args = [(tuple(PROBLEMS[p]), o, optimizers[o], s, args.budget) for p, o, s in jobs]
+    # one queue, the long explorations first: no worker waits for the other between phases
+    tasks = explorations + [("study", a) for a in studies_args]
     with ctx.Pool(args.workers) as pool:
-        found = pool.map(
-            explore,
-            [
-                (tuple(PROBLEMS[p]), "random", 10_000 + i, args.explore)
-                for i, p in enumerate(problems)
-            ]
-            + [(tuple(PROBLEMS[p]), "grid", 0, args.budget) for p in problems],
-            chunksize=1,
-        )
-        jobs = [(p, o, s) for p in problems for o in optimizers for s in range(args.seeds)]
-        studies = list(
+        done = list(
             tqdm(
-                pool.imap(
-                    run_one_study,
-                    [(tuple(PROBLEMS[p]), o, optimizers[o], s, args.budget) for p, o, s in jobs],
-                ),
-                total=len(jobs),
-                desc="studies",
+                pool.imap(_run_task, tasks),
+                total=len(tasks),
+                desc="explorations and studies",
                 mininterval=10,
             )
         )
+    found, studies = done[: len(explorations)], done[len(explorations) :]
     n = len(problems)
     out: dict[str, Any] = {"budget": args.budget, "seeds": args.seeds, "problems": {}}
     scores: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}

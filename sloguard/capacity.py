@@ -10,16 +10,25 @@ cannot meet even alone). No rate is tried whose
 arrivals alone would outlast half the load-phase limit. Every probe serves the same requests with
 arrivals rescaled (:meth:`~sloguard.workload.Workload.at_rate`), so the shape of
 the arrivals (Poisson, bursty, a trace) is kept.
+
+A probe stops early (``stop_early``) once it certainly fails and its exact attainment cannot
+change what the search does next or reports: once some rate has passed (only pass or fail
+matters then), or once it has certainly not kept up with its arrivals (the halving rule reads
+only loads that kept up). A probe at the lowest rate allowed runs to its end, so a configuration
+that passes nowhere is reported by a load that ran in full. The capacity found is the same as
+without stopping; an overloaded probe stops instead of draining its backlog.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 from sloguard.crash_classifier import CrashCategory
+from sloguard.early_abort import ATTAINMENT_MAX
 from sloguard.result import TrialResult
 
 if TYPE_CHECKING:
@@ -32,11 +41,13 @@ _KEPT_UP = 1.5  # a load that ended within this factor of its arrival span was k
 
 
 class Probe(NamedTuple):
-    """One load of the search: its rate, its attainment, whether the server kept up with it."""
+    """One load of the search: its rate, its attainment, whether the server kept up with it,
+    and whether it stopped early (its attainment is then that of the requests ended by then)."""
 
     rate: float
     attainment: float
     kept_up: bool = False
+    stopped: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,7 @@ class CapacitySearch:
         rel_tol: Stop once the failing rate is within this factor of the passing one.
         max_probes: Stop after this many loads.
         target: Share of requests that must meet their SLOs for a rate to pass.
+        stop_early: Stop a load once its failure is certain and cannot change the search.
     """
 
     start_rps: float
@@ -58,6 +70,7 @@ class CapacitySearch:
     rel_tol: float = 0.05
     max_probes: int = 10
     target: float = 0.9
+    stop_early: bool = True
 
     @classmethod
     def from_config(cls, cfg: DictConfig, workload: Workload) -> CapacitySearch:
@@ -75,6 +88,7 @@ class CapacitySearch:
             rel_tol=cap.rel_tol,
             max_probes=cap.max_probes,
             target=cfg.slo.attainment_target,
+            stop_early=cap.stop_early,
         )
 
     def next_rate(self, probes: Sequence[Probe]) -> float | None:
@@ -83,16 +97,19 @@ class CapacitySearch:
             return min(max(self.start_rps, self.min_rps), self.max_rps)
         if len(probes) >= self.max_probes:
             return None
-        low = max((p.rate for p in probes if self.passes(p.attainment)), default=None)
+        low = max((p.rate for p in probes if self._passed(p)), default=None)
         if low is None:
             lowest, *rest = sorted(probes)
             flat = (
-                bool(rest) and rest[0].kept_up and lowest.attainment <= rest[0].attainment + _FLAT
+                bool(rest)
+                and rest[0].kept_up
+                and not lowest.stopped
+                and lowest.attainment <= rest[0].attainment + _FLAT
             )
             if flat or lowest.rate <= self.min_rps:
                 return None
             return max(lowest.rate / 2.0, self.min_rps)
-        failed = [p.rate for p in probes if not self.passes(p.attainment) and p.rate > low]
+        failed = [p.rate for p in probes if not self._passed(p) and p.rate > low]
         high = min(failed, default=None)
         if high is None:
             return None if low >= self.max_rps else min(low * 2.0, self.max_rps)
@@ -102,17 +119,42 @@ class CapacitySearch:
         """Whether an attainment meets the target."""
         return share >= self.target - 1e-12
 
+    def _passed(self, probe: Probe) -> bool:
+        """Whether a load passed (one that stopped early failed)."""
+        return not probe.stopped and self.passes(probe.attainment)
+
+    def stop_after(self, probes: Sequence[Probe], rate: float, workload: Workload) -> float | None:
+        """When a load at ``rate`` may stop once it certainly fails (seconds after its first
+        send): at once after a pass; else once it has certainly not kept up with its arrivals.
+        ``None`` (it runs to its end) without ``stop_early`` and at the lowest rate allowed."""
+        if not self.stop_early or rate <= self.min_rps:
+            return None
+        if any(self._passed(p) for p in probes):
+            return 0.0
+        return _KEPT_UP * _span(workload, rate)
+
 
 def attainment(result: TrialResult) -> float:
-    """A probe's attainment; 0 when it crashed."""
-    return 0.0 if result.crash is not None else result.metrics.get("attainment", 0.0)
+    """A probe's attainment; 0 when it crashed; the most it could have reached when it stopped
+    early."""
+    if result.crash is not None:
+        return 0.0
+    if result.aborted_early is not None and ATTAINMENT_MAX in result.metrics:
+        return result.metrics[ATTAINMENT_MAX]
+    return result.metrics.get("attainment", 0.0)
 
 
 def probe(rate: float, workload: Workload, result: TrialResult) -> Probe:
     """What the search needs of one load's result at ``rate``."""
-    span = (workload.num_first - 1) / rate
     duration = result.metrics.get("duration_s", math.inf)
-    return Probe(rate, attainment(result), result.crash is None and duration <= _KEPT_UP * span)
+    stopped = result.aborted_early is not None
+    kept_up = result.crash is None and not stopped and duration <= _KEPT_UP * _span(workload, rate)
+    return Probe(rate, attainment(result), kept_up, stopped)
+
+
+def _span(workload: Workload, rate: float) -> float:
+    """Seconds from the first arrival to the last at ``rate``."""
+    return (workload.num_first - 1) / rate
 
 
 def search_capacity(
@@ -138,13 +180,13 @@ def search_capacity(
     rates: list[float] = []
 
     def next_workload(results: list[TrialResult]) -> Workload | None:
-        rate = search.next_rate(
-            [probe(r, workload, res) for r, res in zip(rates, results, strict=True)]
-        )
+        probes = [probe(r, workload, res) for r, res in zip(rates, results, strict=True)]
+        rate = search.next_rate(probes)
         if rate is None or (results and _fatal(results[-1])):
             return None
         rates.append(rate)
-        return workload.at_rate(rate)
+        after = search.stop_after(probes, rate, workload)
+        return dataclasses.replace(workload.at_rate(rate), stop_lost_after_s=after)
 
     results = serve(next_workload)
     if len(results) > len(rates):  # the server failed before it asked for a load (startup)
@@ -153,8 +195,9 @@ def search_capacity(
         return failed
     probes = list(zip(rates, results, strict=True))
     fatal = next((res for _, res in probes if _fatal(res)), None)
-    passed = [(rate, res) for rate, res in probes if search.passes(attainment(res))]
-    best = max(probes, key=lambda p: (attainment(p[1]), -p[0]))
+    ran = [(rate, res) for rate, res in probes if res.aborted_early is None]
+    passed = [(rate, res) for rate, res in ran if search.passes(attainment(res))]
+    best = max(ran or probes, key=lambda p: (attainment(p[1]), -p[0]))
     rate, chosen = max(passed, key=lambda p: p[0]) if passed else best
     capacity = rate if passed else 0.0
     metrics = dict(chosen.metrics)
@@ -162,6 +205,8 @@ def search_capacity(
     for i, (r, res) in enumerate(probes):
         metrics[f"capacity/probe_{i}/rate_rps"] = r
         metrics[f"capacity/probe_{i}/attainment"] = attainment(res)
+        if res.aborted_early is not None:
+            metrics[f"capacity/probe_{i}/stopped_early"] = 1.0
     result = TrialResult(
         config=chosen.config,
         metrics=metrics,

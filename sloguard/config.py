@@ -386,13 +386,16 @@ class CapacityConfig:
 
     From the workload's own rate the search doubles or halves until it brackets the capacity,
     then bisects (geometrically) until the bracket is within ``rel_tol`` or ``max_probes`` loads
-    have run. Arrivals keep their shape; only their rate is scaled.
+    have run. Arrivals keep their shape; only their rate is scaled. With ``stop_early`` a load
+    stops once it certainly fails and its exact attainment cannot change the search: once a
+    rate has passed, or once it has certainly fallen behind its arrivals.
     """
 
     min_rps: float = num(0.05, gt=0)
     max_rps: float = num(1000.0, gt=0, large=1_000_000)
     rel_tol: float = num(0.05, ge=0.0001, lt=1)
     max_probes: int = num(10, ge=1, large=100)
+    stop_early: bool = True
 
 
 @dataclass

@@ -7,12 +7,15 @@ classes it is certain once more sessions have missed than the attainment target 
 finished requests count (a request still streaming may yet make it), and the percentile rule
 keeps a margin of one request for interpolation, so an aborted trial is always one that would
 have been infeasible.
+
+A capacity probe is judged on attainment alone: :class:`AttainmentWatch` says when more sessions
+(requests, without classes) have missed than the attainment target allows.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -127,25 +130,113 @@ def _missed_deadline(
     return missed
 
 
+ATTAINMENT_MAX = "attainment_max"  # metric of a load stopped once its target was lost
+
+
+def request_met(record: RequestRecord, slo: SloContract, classes: RequestClasses | None) -> bool:
+    """Whether an ended request met its SLO as attainment counts it: it succeeded and met its
+    class's deadlines (with classes), or the TTFT, TPOT and E2EL limits (without)."""
+    if not record.success:
+        return False
+    if classes is not None:
+        return classes.meets_slo(record.request_id, record.send_time, record.token_times)
+    return slo.request_is_good(*slo_contract.request_latencies(record))
+
+
+class AttainmentWatch:
+    """Counts, as requests end, the sessions that missed (a session misses when one of its
+    rounds does; without classes each request is a session); the attainment target is out of
+    reach once more have missed than it allows, whatever the others do.
+
+    Args:
+        num_requests: Requests in the window (every round).
+        slo: The contract (its attainment target, and the limits without classes).
+        classes: Per-request classes and sessions of a multi-SLO workload.
+    """
+
+    def __init__(
+        self, num_requests: int, slo: SloContract, classes: RequestClasses | None
+    ) -> None:
+        self.slo = slo
+        self.classes = classes
+        sessions = (
+            num_requests
+            if classes is None
+            else int(np.sum(classes.sessions[:num_requests] == np.arange(num_requests)))
+        )
+        self.sessions = sessions
+        self.allowed = (1.0 - slo.attainment_target) * sessions
+        self.missed: set[int] = set()
+
+    def ended(self, record: RequestRecord) -> None:
+        """Count ``record``, which has finished or failed (call once per request)."""
+        if not request_met(record, self.slo, self.classes):
+            self.miss(record.request_id)
+
+    def miss(self, rid: int) -> None:
+        """Count request ``rid`` as missed before it ends (its first token is overdue)."""
+        self.missed.add(rid if self.classes is None else int(self.classes.sessions[rid]))
+
+    def most(self) -> float:
+        """The highest attainment the window can still reach (every other session meets it)."""
+        return 1.0 - len(self.missed) / self.sessions if self.sessions else 0.0
+
+    def lost(self) -> str | None:
+        """Why the target can no longer be met, or ``None`` while it still can."""
+        if len(self.missed) <= self.allowed + 1e-9:
+            return None
+        return (
+            f"{len(self.missed)} of {self.sessions} sessions missed their SLO (attainment target "
+            f"{self.slo.attainment_target:g} allows {self.allowed:.4g})"
+        )
+
+
 def truncate(
     records: Sequence[RequestRecord], slo: SloContract, classes: RequestClasses | None = None
 ) -> tuple[list[RequestRecord], float, str] | None:
     """Where a finished window would have been aborted: the records finished by then, the
     time and the reason; ``None`` if it never would have (the simulator's early abort).
     """
-    ends = sorted({float(r.token_times[-1]) for r in records if r.success})
     measured: dict[int, tuple[bool, int]] = {}
-    if not ends or hopeless(records, slo, classes, until=ends[-1], cache=measured) is None:
+    at = _first_hopeless_end(records, slo, classes, measured)
+    if at is None:
         return None
-    lo, hi = 0, len(ends) - 1  # misses only accumulate: bisect on the first hopeless time
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if hopeless(records, slo, classes, until=ends[mid], cache=measured) is None:
-            lo = mid + 1
-        else:
-            hi = mid
-    at = ends[lo]
     reason = hopeless(records, slo, classes, until=at, cache=measured)
     assert reason is not None
     kept = [r for r in records if r.success and r.token_times[-1] <= at]
     return kept, at, reason
+
+
+def _first_hopeless_end(
+    records: Sequence[RequestRecord],
+    slo: SloContract,
+    classes: RequestClasses | None,
+    cache: dict[int, tuple[bool, int]],
+) -> float | None:
+    """The first completion time at which :func:`hopeless` (``until`` that time) holds, in one
+    pass over the finished requests in completion order (misses only accumulate)."""
+    over: Callable[[RequestRecord], bool]
+    if classes is not None:
+        ids = [r.request_id for r in records]
+        allowed = (1.0 - slo.attainment_target) * int(np.sum(classes.sessions[ids] == ids))
+        missed: set[int] = set()
+
+        def over(record: RequestRecord) -> bool:
+            if _missed_deadline(record, classes, cache):
+                missed.add(int(classes.sessions[record.request_id]))
+            return len(missed) > allowed + 1e-9
+
+    else:
+        share = slo_contract.allowed_failure_fraction(slo)
+        gaps = sum(max(r.target_output_len - 1, 0) for r in records)
+        counts = [0, 0]  # TTFT misses, ITL gaps missed
+
+        def over(record: RequestRecord) -> bool:
+            ttft, itl = _misses(record, slo, cache)
+            counts[0] += ttft
+            counts[1] += itl
+            return counts[0] > share * len(records) + 1 or counts[1] > share * gaps + 1
+
+    finished = sorted((float(r.token_times[-1]), i) for i, r in enumerate(records) if r.success)
+    # once over, still over with the rest finishing at the same time: that time is the answer
+    return next((end for end, i in finished if over(records[i])), None)

@@ -19,16 +19,9 @@ from sloguard.crash_classifier import CrashInfo
 from sloguard.early_abort import truncate
 from sloguard.request_class import RequestClasses
 from sloguard.result import RequestRecord, TrialResult
-from sloguard.slo_contract import PERCENTILES, SloContract
+from sloguard.slo_contract import PERCENTILES, SloContract, request_latencies
 
 LATENCY_NAMES: tuple[str, ...] = ("ttft", "tpot", "itl", "e2el")
-
-
-def request_latencies(record: RequestRecord) -> tuple[float, float, float]:
-    """TTFT, TPOT and E2EL of one successful request, in milliseconds."""
-    ttft = (record.token_times[0] - record.send_time) * 1e3
-    e2el = (record.token_times[-1] - record.send_time) * 1e3
-    return ttft, slo_contract.tpot_ms(ttft, e2el, record.output_len), e2el
 
 
 def latency_table(records: Sequence[RequestRecord]) -> np.ndarray:

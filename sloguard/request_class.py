@@ -71,6 +71,10 @@ def meets_deadlines(
     if token_times.size == 0 or (token_times[0] - send_time) * 1e3 > ttft_ms:
         return False
     start = max(send_time + ttft_ms * 1e-3, float(token_times[0]))
-    index = np.arange(1, token_times.size)
-    steps = np.where(index < answer_from, tpot_ms, answer_tpot_ms) * 1e-3
+    gaps = token_times.size - 1
+    if answer_from > gaps:  # every token in the first tier
+        steps = np.full(gaps, tpot_ms * 1e-3)
+    else:
+        steps = np.where(np.arange(1, token_times.size) < answer_from, tpot_ms, answer_tpot_ms)
+        steps *= 1e-3
     return bool(np.all(token_times[1:] <= start + np.cumsum(steps) + 1e-9))

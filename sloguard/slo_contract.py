@@ -19,8 +19,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from sloguard.result import RequestRecord
 
 PERCENTILES: tuple[int, ...] = (50, 95, 99)
 
@@ -53,6 +57,13 @@ class SloContract:
         """Whether one successful request meets every per-request SLO."""
         ok = ttft_ms <= self.ttft_ms and tpot_ms <= self.itl_ms
         return ok and (self.e2el_ms is None or e2el_ms <= self.e2el_ms)
+
+
+def request_latencies(record: RequestRecord) -> tuple[float, float, float]:
+    """TTFT, TPOT and E2EL of one successful request, in milliseconds."""
+    ttft = (record.token_times[0] - record.send_time) * 1e3
+    e2el = (record.token_times[-1] - record.send_time) * 1e3
+    return ttft, tpot_ms(ttft, e2el, record.output_len), e2el
 
 
 def percentiles(

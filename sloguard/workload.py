@@ -57,6 +57,9 @@ class Workload:
         classes: Per-request SLO classes of a multi-SLO workload (``None``: the trial's
             single SLO contract judges every request).
         seed: The workload's seed; a real server is sent prompt token ids drawn from it.
+        stop_lost_after_s: Stop the load once the attainment target is certainly missed and
+            at least this many seconds have passed since the first send (a capacity probe
+            whose exact attainment no longer matters); ``None``: the load runs to its end.
     """
 
     prompt_lens: np.ndarray
@@ -68,6 +71,7 @@ class Workload:
     follows: np.ndarray | None = None
     classes: RequestClasses | None = None
     seed: int = 0
+    stop_lost_after_s: float | None = None
 
     def __len__(self) -> int:
         return len(self.prompt_lens)

@@ -11,6 +11,7 @@ from sloguard.backends import create_backend
 from sloguard.early_abort import hopeless, truncate
 from sloguard.evaluation import slo_from_config, workload_from_config
 from sloguard.load_generator import ABORT_ERROR, LoadSettings, generate
+from sloguard.request_class import RequestClasses
 from sloguard.result import RequestRecord
 from sloguard.slo_contract import SloContract
 from sloguard.space import SearchSpace
@@ -76,6 +77,60 @@ def test_truncate_cuts_at_the_first_certain_moment() -> None:
     }
     assert 39 <= len(kept) <= 41
     assert truncate([*records[:-1], _done(99, 0.05)], SloContract(ttft_ms=5000)) is None
+
+
+def _by_definition(
+    records: list[RequestRecord], slo: SloContract, classes: RequestClasses | None
+) -> tuple[float, str] | None:
+    """The first completion time at which ``hopeless`` holds, checking every one in turn."""
+    for end in sorted({float(r.token_times[-1]) for r in records if r.success}):
+        reason = hopeless(records, slo, classes, until=end)
+        if reason is not None:
+            return end, reason
+    return None
+
+
+@pytest.mark.parametrize("with_classes", [False, True])
+def test_truncate_finds_the_first_moment_hopeless_holds(with_classes: bool) -> None:
+    rng = np.random.default_rng(7)
+    slo = SloContract(ttft_ms=200.0, itl_ms=40.0, percentile=90.0, attainment_target=0.9)
+    cuts = 0
+    for _ in range(60):
+        n = int(rng.integers(5, 80))
+        slow = float(rng.uniform(0.01, 0.2))  # mean TTFT of the window: some never miss
+        records = []
+        for i in range(n):
+            send = float(rng.uniform(0, 5))
+            gaps = np.round(rng.exponential(slow / 5, int(rng.integers(1, 12))), 2)  # ties in ends
+            record = RequestRecord(i, 8, len(gaps), send, send)
+            record.token_times = send + np.round(rng.exponential(slow), 2) + np.cumsum(gaps)
+            if rng.random() < 0.1:
+                record.token_times, record.error = np.empty(0), "http 500"
+            records.append(record)
+        classes = None
+        if with_classes:
+            sessions = np.arange(n)
+            sessions[1::3] = sessions[0::3][: len(sessions[1::3])]  # some two-round sessions
+            classes = RequestClasses(
+                names=("a", "b"),
+                class_ids=np.arange(n) % 2,
+                sessions=sessions,
+                ttft_ms=np.where(np.arange(n) % 2, 150.0, 300.0),
+                tpot_ms=np.full(n, 40.0),
+                answer_tpot_ms=np.full(n, 60.0),
+                answer_from=np.full(n, 4),
+            )
+        expected = _by_definition(records, slo, classes)
+        cut = truncate(records, slo, classes)
+        assert (cut is None) == (expected is None)
+        if cut is not None and expected is not None:
+            cuts += 1
+            kept, at, reason = cut
+            assert (at, reason) == expected
+            assert [r.request_id for r in kept] == [
+                r.request_id for r in records if r.success and r.token_times[-1] <= at
+            ]
+    assert 10 <= cuts <= 55  # both outcomes are exercised
 
 
 @pytest.mark.parametrize("workload", ["chat", "mixed"])

@@ -23,10 +23,11 @@ from sloguard.backends.sim._router import ROUTERS, Router
 from sloguard.backends.sim._scheduler import VllmScheduler
 from sloguard.backends.sim._slos_serve import SlosServeScheduler
 from sloguard.config import SpecDecodeConfig
-from sloguard.result import RequestRecord, unsent_round_error
+from sloguard.result import ABORT_ERROR, RequestRecord, unsent_round_error
 from sloguard.workload import rounds_after
 
 if TYPE_CHECKING:
+    from sloguard.early_abort import AttainmentWatch
     from sloguard.workload import Workload
 
 
@@ -87,6 +88,7 @@ class EngineRun:
     mean_batch_tokens: float
     prefix_cache_hit_rate: float
     replicas: list[ReplicaStats] = field(default_factory=list)
+    stopped: str | None = None  # why the load stopped once its attainment target was lost
 
 
 class _Client:
@@ -114,6 +116,40 @@ class _Client:
         self.direct: Engine | None = None
         self.delivered: list[int] = []  # requests sent to the one engine
         self.route: Router | None = None
+        self.watch: AttainmentWatch | None = None  # counts each request that ends, if set
+        self.stop_at = math.inf  # no stop before this time (with a watch)
+        self.stopped: str | None = None
+        self.ttft_due: list[tuple[float, int]] = []  # open loop: (first token due by, request)
+        self.ttft_seen = 0  # those checked so far
+
+    def watch_for(self, watch: AttainmentWatch, after_s: float) -> None:
+        """Stop once ``watch`` says the target is lost, ``after_s`` after the first arrival."""
+        reqs = self.reqs
+        workload = reqs.workload
+        first = np.flatnonzero(workload.follows < 0) if workload.follows is not None else None
+        rids = range(len(workload)) if first is None else first.tolist()
+        self.watch = watch
+        self.stop_at = min(reqs.due[r] for r in rids) + after_s
+        if workload.concurrency == 0:  # sent when due: a first token is late from a known time
+            assert reqs.deadlines is not None
+            self.ttft_due = sorted((reqs.due[r] + reqs.deadlines.ttft_s[r], r) for r in rids)
+
+    def lost(self, clock: float) -> bool:
+        """Whether the load stops at ``clock``: past the stop time, its target lost.
+
+        Requests end in their own time; a request whose first token is overdue has missed
+        already, so it counts from then (a margin of a microsecond over its TTFT limit)."""
+        if clock <= self.stop_at or self.watch is None:
+            return False
+        due, reqs, i = self.ttft_due, self.reqs, self.ttft_seen
+        while i < len(due) and due[i][0] + 1e-6 < clock:
+            rid = due[i][1]
+            if not reqs.token_times[rid] and reqs.errors[rid] is None:
+                self.watch.miss(rid)
+            i += 1
+        self.ttft_seen = i
+        self.stopped = self.watch.lost()
+        return self.stopped is not None
 
     def next_time(self) -> float:
         """When the client next sends something (``inf``: nothing until a round ends)."""
@@ -179,6 +215,8 @@ class _Client:
         A failed round fails the rounds after it.
         """
         self.finished += 1
+        if self.watch is not None:
+            self.watch.ended(_record(self.reqs, rid))
         if self.route is not None:
             self.route.done(rid)
         nxt = self.next_round[rid]
@@ -208,6 +246,7 @@ def run_engine(
     fast_decode: bool = True,
     serving: ServingSettings | None = None,
     seed: int = 0,
+    stop: tuple[float, AttainmentWatch] | None = None,
 ) -> EngineRun:
     """Serve ``workload`` and return per-request records and engine counters.
 
@@ -226,6 +265,8 @@ def run_engine(
         fast_decode: Jump over pure-decode stretches (off: every step on its own; same result).
         serving: Scheduler, replicas, router and speculation (default: one vLLM engine).
         seed: Seeds what is random beyond ``jitter`` (speculated tokens' acceptance).
+        stop: Stop the load once the watch says the attainment target is lost and this many
+            seconds have passed since the first arrival (unfinished requests are ``aborted``).
     """
     serving = serving or ServingSettings()
     reqs = Requests(
@@ -237,6 +278,8 @@ def run_engine(
     )
     engines: list[Engine] = []
     client = _Client(reqs, settings.max_model_len, arrival_delay_s, arrival_delay_per_running_s)
+    if stop is not None:
+        client.watch_for(stop[1], stop[0])
     for _ in range(serving.replicas):
         engines.append(
             Engine(reqs, settings, step_time, jitter, _scheduler(serving), client.finish)
@@ -281,7 +324,7 @@ def _serve(client: _Client, engines: list[Engine], timeout_s: float, fast_decode
                 engine.now = max(engine.now, horizon)  # idle until then
             continue
         engine = min(busy, key=lambda e: e.now)
-        if engine.now > timeout_s:
+        if engine.now > timeout_s or client.lost(engine.now):
             break
         bound = min([horizon] + [e.now for e in busy if e is not engine])
         if not (fast_decode and engine.running and engine.jump(bound, timeout_s)):
@@ -292,6 +335,8 @@ def _serve_one(client: _Client, engine: Engine, timeout_s: float, fast_decode: b
     """:func:`_serve` for one engine: the same loop, with less to look at in each turn."""
     n = len(client.reqs.prompt)
     inbox, waiting, scheduler = engine.inbox, engine.waiting, engine.scheduler
+    # a speculating scheduler never lets a stretch be jumped (its tokens per step vary)
+    fast_decode = fast_decode and not getattr(scheduler, "spec_tokens", 0)
     while client.finished < n:
         now = engine.now
         if client.next_at <= now:
@@ -306,7 +351,7 @@ def _serve_one(client: _Client, engine: Engine, timeout_s: float, fast_decode: b
                 break
             engine.now = max(now, horizon)  # idle until then
             continue
-        if now > timeout_s:
+        if now > timeout_s or (now > client.stop_at and client.lost(now)):
             break
         if not (fast_decode and engine.running and engine.jump(horizon, timeout_s)):
             engine.step()
@@ -314,21 +359,16 @@ def _serve_one(client: _Client, engine: Engine, timeout_s: float, fast_decode: b
 
 def _summary(reqs: Requests, client: _Client, engines: list[Engine]) -> EngineRun:
     records = []
+    unfinished = (
+        f"{ABORT_ERROR}: the attainment target was lost"
+        if client.stopped
+        else "timeout: request unfinished when the load phase ended"
+    )
     for rid in range(len(reqs.prompt)):
-        error = reqs.errors[rid]
-        if error is None and reqs.generated[rid] < reqs.target[rid]:
-            error = "timeout: request unfinished when the load phase ended"
-        records.append(
-            RequestRecord(
-                request_id=rid,
-                prompt_len=reqs.prompt[rid],
-                target_output_len=reqs.target[rid],
-                scheduled_time=reqs.due[rid],
-                send_time=reqs.send[rid],
-                token_times=np.asarray(reqs.token_times[rid]) if error is None else np.empty(0),
-                error=error,
-            )
-        )
+        record = _record(reqs, rid)
+        if record.error is None and reqs.generated[rid] < reqs.target[rid]:
+            record.error, record.token_times = unfinished, np.empty(0)
+        records.append(record)
     first_send = min((r.send_time for r in records), default=0.0)
     steps = sum(e.steps for e in engines)
     batch_tokens = sum(e.batch_tokens for e in engines)
@@ -339,13 +379,28 @@ def _summary(reqs: Requests, client: _Client, engines: list[Engine]) -> EngineRu
     return EngineRun(
         records=records,
         duration_s=max(max(e.now for e in engines) - first_send, 0.0),
-        timed_out=client.finished < len(records),
+        timed_out=client.finished < len(records) and client.stopped is None,
         num_steps=steps,
         num_preemptions=sum(e.preemptions for e in engines),
         peak_kv_usage=max(e.peak_used for e in engines) / total_blocks if total_blocks else 0.0,
         mean_batch_tokens=batch_tokens / steps if steps else 0.0,
         prefix_cache_hit_rate=sum(e.prefix_hits for e in engines) / queries if queries else 0.0,
         replicas=stats,
+        stopped=client.stopped,
+    )
+
+
+def _record(reqs: Requests, rid: int) -> RequestRecord:
+    """``rid`` as the client saw it so far (its tokens, unless it failed)."""
+    error = reqs.errors[rid]
+    return RequestRecord(
+        request_id=rid,
+        prompt_len=reqs.prompt[rid],
+        target_output_len=reqs.target[rid],
+        scheduled_time=reqs.due[rid],
+        send_time=reqs.send[rid],
+        token_times=np.asarray(reqs.token_times[rid]) if error is None else np.empty(0),
+        error=error,
     )
 
 

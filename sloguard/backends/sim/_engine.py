@@ -314,32 +314,37 @@ class Engine:
         """As :meth:`_apply`, where a decode verifies its speculated tokens and keeps a prefix."""
         reqs = self.reqs
         assert plan.spec is not None
+        prompt, target, computed, generated, blocks = reqs.state
+        pub_at, token_times, accepted = reqs.pub_at, reqs.token_times, reqs.accepted
+        block = self.settings.block_size
         now = self.now
         done_any = False
         for rid, ntok, spec in zip(plan.ids, plan.tokens, plan.spec, strict=True):
-            seq = reqs.prompt[rid] + reqs.generated[rid]
-            if spec and reqs.computed[rid] == seq - 1:  # a decode that speculated
-                kept = 1 + reqs.accepted(spec)
-                kept = min(kept, reqs.target[rid] - reqs.generated[rid])
-                reqs.computed[rid] += kept
-                reqs.generated[rid] += kept
-                reqs.token_times[rid].extend([now] * kept)
-                held = -(-reqs.computed[rid] // self.settings.block_size)  # rejected give back
-                self.free_blocks += reqs.blocks[rid] - held
-                reqs.blocks[rid] = held
+            seq = prompt[rid] + generated[rid]
+            if spec and computed[rid] == seq - 1:  # a decode that speculated
+                kept = 1 + accepted(spec)
+                left = target[rid] - generated[rid]
+                if kept > left:
+                    kept = left
+                computed[rid] += kept
+                generated[rid] += kept
+                token_times[rid].extend([now] * kept)
+                held = -(-computed[rid] // block)  # rejected tokens give their blocks back
+                self.free_blocks += blocks[rid] - held
+                blocks[rid] = held
             else:
-                reqs.computed[rid] += ntok
-                if reqs.computed[rid] != seq:
+                computed[rid] += ntok
+                if computed[rid] != seq:
                     continue
-                reqs.generated[rid] += 1
-                reqs.token_times[rid].append(now)
-            if reqs.computed[rid] >= reqs.pub_at[rid]:
-                reqs.pub_at[rid] = _publish(reqs.pubs[rid], reqs.computed[rid], self.cached)
-            if reqs.generated[rid] == reqs.target[rid]:
+                generated[rid] += 1
+                token_times[rid].append(now)
+            if computed[rid] >= pub_at[rid]:
+                pub_at[rid] = _publish(reqs.pubs[rid], computed[rid], self.cached)
+            if generated[rid] == target[rid]:
                 self._retire(rid, now)
                 done_any = True
         if done_any:
-            self.running = [r for r in self.running if reqs.generated[r] < reqs.target[r]]
+            self.running = [r for r in self.running if generated[r] < target[r]]
 
     def _retire(self, rid: int, when: float) -> None:
         """``rid`` is done: free its blocks, tell the scheduler and the client."""
@@ -373,7 +378,12 @@ def _step_by_step(step_time: StepTime) -> Callable[[int, np.ndarray, np.ndarray]
 
 
 def make_jitter(rng: np.random.Generator, sigma: float, size: int = 4096) -> np.ndarray:
-    """Per-step multiplicative noise, lognormal with median 1 (ones when ``sigma`` is 0)."""
+    """Per-step multiplicative noise, lognormal with median 1 (ones when ``sigma`` is 0).
+
+    The C library's ``exp``, not numpy's: numpy's own AVX-512 ``exp`` rounds a few values an
+    ulp apart from the C library's, so a run would differ between CPUs with and without it.
+    """
     if sigma <= 0:
         return np.ones(1)
-    return np.exp(rng.normal(0.0, sigma, size) - 0.5 * sigma * sigma)
+    shift = 0.5 * sigma * sigma
+    return np.array([math.exp(z - shift) for z in rng.normal(0.0, sigma, size).tolist()])

@@ -91,6 +91,8 @@ class Requests:
         self.hits, self.pubs = _prefix_keys(workload, self.block_size)
         self.pub_at = [p[0][0] if p else math.inf for p in self.pubs]  # next publication
         self._rng = random.Random(self.seed)
+        rate = self.acceptance_rate
+        self._log_rate = math.log(rate) if 0.0 < rate < 1.0 else -math.inf  # see accepted
         # the lists a step reads, in one tuple: one attribute load in the hot loops
         self.state = (self.prompt, self.target, self.computed, self.generated, self.blocks)
 
@@ -104,7 +106,7 @@ class Requests:
         if rate >= 1.0:
             return spec
         u = 1.0 - self._rng.random()  # in (0, 1]
-        return min(spec, int(math.log(u) / math.log(rate)))
+        return min(spec, int(math.log(u) / self._log_rate))
 
 
 def _prefix_keys(

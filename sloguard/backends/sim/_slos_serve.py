@@ -109,12 +109,14 @@ class SlosServeScheduler:
         self.unclaimed = 0  # KV blocks admitted requests are promised and do not hold yet
         self.planned = 0  # tokens in the step being planned
         self._limits: dict[tuple[float, int], tuple[float, int]] = {}  # see _limit
+        self._specs: dict[tuple[float, float, int], int] = {}  # see _spec_for
 
     # --- the Scheduler protocol
 
     def attach(self, engine: Engine) -> None:
         self.predictor = Predictor(engine.step_time, engine.settings.max_num_batched_tokens)
         self._limits.clear()
+        self._specs.clear()
 
     def arrive(self, engine: Engine, rid: int) -> None:
         self.pending.append(rid)
@@ -306,23 +308,23 @@ class SlosServeScheduler:
         decoding = [r for r in engine.running if computed[r] == prompt[r] + generated[r] - 1]
         decoding_set = set(decoding)
         ours = [r for r in decoding if r in admitted]
-        tiers = self._tpots(engine, admitted)
+        tpots = self._tpots(engine, ours)
+        # the tightest tier of every admitted request (decoding ones are most of them)
+        tiers = self._tpots(engine, [r for r in admitted if r not in decoding_set]) + tpots
         limit, spec_max = self._limit(engine, tiers, len(ours))
         if unlimited:
             limit = math.inf
         plan = StepPlan([], [], 0, 0.0, 0, [] if self.spec_tokens else None)
-        self.unclaimed = self.reserved - sum(reqs.blocks[r] for r in admitted)
+        blocks = reqs.blocks
+        self.unclaimed = self.reserved - sum([blocks[r] for r in admitted])
         self.planned = 0  # tokens in the plan so far
-        tier_spec: dict[float, int] = {}
-        for rid, tpot in zip(ours, self._tpots(engine, ours), strict=True):
-            if tpot not in tier_spec:
-                tier_spec[tpot] = self._spec_for(tpot, limit, spec_max)
-            self._decode(engine, plan, rid, tier_spec[tpot])
+        self._decode_admitted(engine, plan, ours, tpots, limit, spec_max)
         if plan.spec:
             plan.draft_s = self._draft_s(engine, len(ours), plan.decode_context, max(plan.spec))
         started = [r for r in engine.running if r not in decoding_set]
         prefills = [r for r in started if r in admitted] + list(engine.waiting)
-        prefills.sort(key=lambda r: self._deadline(engine, r))
+        if len(prefills) > 1:
+            prefills.sort(key=lambda r: self._deadline(engine, r))
         for rid in prefills:  # a step that completes a prompt ends by its TTFT deadline
             limit = self._prefill(engine, plan, rid, limit, admitted=True)[0]
         for rid in decoding:  # best effort (an evicted one has nothing computed)
@@ -337,6 +339,44 @@ class SlosServeScheduler:
         if not plan.ids and not unlimited:
             return self._plan_step(engine, unlimited=True)
         return plan
+
+    def _decode_admitted(
+        self,
+        engine: Engine,
+        plan: StepPlan,
+        ours: list[int],
+        tpots: list[float],
+        limit: float,
+        spec_max: int,
+    ) -> None:
+        """:meth:`_decode` for each admitted decode (no time limit applies to them), with
+        the speculation length of its tier; the step's hot loop, kept in locals."""
+        reqs = engine.reqs
+        prompt, generated, computed, target, blocks = (
+            reqs.prompt, reqs.generated, reqs.computed, reqs.target, reqs.blocks
+        )  # fmt: skip
+        block = engine.settings.block_size
+        ids, tokens, specs = plan.ids, plan.tokens, plan.spec
+        sampled, context, pairs = plan.num_sampled, plan.decode_context, plan.attn_pairs
+        tier_spec: dict[float, int] = {}
+        for rid, tpot in zip(ours, tpots, strict=True):
+            spec = tier_spec.get(tpot)
+            if spec is None:
+                spec = tier_spec[tpot] = self._spec_for(tpot, limit, spec_max)
+            spec = min(spec, target[rid] - generated[rid] - 1)
+            upto = computed[rid] + 1 + spec
+            if -(-upto // block) > blocks[rid] and not self._blocks(engine, rid, upto, True):
+                continue
+            seq = prompt[rid] + generated[rid]
+            ids.append(rid)
+            tokens.append(1 + spec)
+            sampled += 1 + spec
+            context += seq
+            pairs += spec * seq
+            if specs is not None:
+                specs.append(spec)
+        self.planned += sampled - plan.num_sampled
+        plan.num_sampled, plan.decode_context, plan.attn_pairs = sampled, context, pairs
 
     def _decode(
         self, engine: Engine, plan: StepPlan, rid: int, spec: int, limit: float = math.inf
@@ -489,10 +529,16 @@ class SlosServeScheduler:
 
     def _spec_for(self, tpot: float, limit: float, spec_max: int) -> int:
         """The fewest speculated tokens that let a tier's TPOT keep up with ``limit``."""
-        for spec in range(spec_max + 1):
-            if MARGIN * tpot * self._credited(spec) >= limit:
-                return spec
-        return spec_max
+        key = (tpot, limit, spec_max)
+        known = self._specs.get(key)
+        if known is not None:
+            return known
+        found = next(
+            (s for s in range(spec_max + 1) if MARGIN * tpot * self._credited(s) >= limit),
+            spec_max,
+        )
+        self._specs[key] = found
+        return found
 
     def _credited(self, spec: int) -> float:
         """Tokens a speculating decode is planned to emit per step: the sure one, and half of

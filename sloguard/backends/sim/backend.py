@@ -19,9 +19,9 @@ from sloguard.backends.sim._engine import EngineSettings, make_jitter
 from sloguard.backends.sim._memory import load_oom, plan_memory, startup_seconds
 from sloguard.backends.sim._roofline import StepTimeModel
 from sloguard.crash_classifier import CrashCategory, CrashInfo
-from sloguard.early_abort import truncate
+from sloguard.early_abort import ATTAINMENT_MAX, AttainmentWatch, truncate
 from sloguard.metrics_collector import build_result
-from sloguard.result import TrialResult
+from sloguard.result import ABORT_ERROR, TrialResult
 from sloguard.slo_contract import SloContract
 from sloguard.workload import Workload
 
@@ -125,6 +125,7 @@ class SimBackend(BaseBackend):
         if crash is not None:
             return build_result(config, slo, crash=crash, server=server)
         rng = np.random.default_rng(seed)
+        stop = _stop(workload, slo)
         run = run_engine(
             workload,
             EngineSettings.of(config, plan.num_blocks, plan.block_size),
@@ -135,6 +136,7 @@ class SimBackend(BaseBackend):
             arrival_delay_per_running_s=hw.stream_overhead_ms * 1e-3,
             serving=self.serving(config, slo),
             seed=seed,
+            stop=stop,
         )
         server.update(
             num_steps=run.num_steps,
@@ -145,6 +147,19 @@ class SimBackend(BaseBackend):
             sim_wall_s=round(time.perf_counter() - wall, 4),
             **_serving_metrics(run),
         )
+        if run.stopped is not None and stop is not None:  # as a real load stopped then
+            ended = [r for r in run.records if not (r.error or "").startswith(ABORT_ERROR)]
+            result = build_result(
+                config,
+                slo,
+                ended,
+                run.duration_s,
+                server=server,
+                classes=workload.classes,
+                aborted=run.stopped,
+            )
+            result.metrics[ATTAINMENT_MAX] = stop[1].most()
+            return result
         cut = truncate(run.records, slo, workload.classes) if backend.early_abort else None
         if cut is not None:  # what a live window would have kept when it stopped
             kept, at, reason = cut
@@ -183,6 +198,14 @@ class SimBackend(BaseBackend):
             server=server,
             classes=workload.classes,
         )
+
+
+def _stop(workload: Workload, slo: SloContract) -> tuple[float, AttainmentWatch] | None:
+    """The load's stop once its attainment target is lost (a capacity probe's), if it has one."""
+    after = workload.stop_lost_after_s
+    if after is None:
+        return None
+    return after, AttainmentWatch(len(workload), slo, workload.classes)
 
 
 def _serving_metrics(run: EngineRun) -> dict[str, float]:

@@ -9,7 +9,10 @@ printed again when its preset went from 1000 requests to 800 (1000 arrive past t
 its 1000-request digests had matched a6fce77's. tool-calling's (prefix caching on in every
 variant) were printed again when the hit rate took vLLM's denominator (every prompt token looked
 up, not only the cacheable ones): each variant's digest without the hit rate was the same
-before and after, and its rate went from 1.0 to 0.596.
+before and after, and its rate went from 1.0 to 0.596. Seven were printed again on a CPU
+without AVX-512, where they came out differently: numpy's AVX-512 ``exp`` rounds a few of the
+step-time jitter factors an ulp apart from the C library's, which the jitter now uses on every
+CPU (the other 41 were the same there).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def _digest(workload_name: str, variant: str) -> str:
 
 EXPECTED: dict[tuple[str, str], str] = {
     ("azure-code", "default"): "a32a9a4ede904d4d",
-    ("azure-code", "whole-prefill"): "5e0b12b34125db6c",
+    ("azure-code", "whole-prefill"): "05a237846feda69b",
     ("azure-code", "prefix-cache"): "a32a9a4ede904d4d",
     ("azure-code", "small-batch"): "3081084eb52e3201",
     ("azure-conv", "default"): "bf468acb307ab055",
@@ -56,9 +59,9 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("chat", "whole-prefill"): "3ec70f6fdce6e87c",
     ("chat", "prefix-cache"): "bec7c244ab555b3c",
     ("chat", "small-batch"): "08cb68d6ca963812",
-    ("chat-poisson", "default"): "aee8e9007684e390",
-    ("chat-poisson", "whole-prefill"): "b3012c5abad2f862",
-    ("chat-poisson", "prefix-cache"): "aee8e9007684e390",
+    ("chat-poisson", "default"): "b7a6d7c0dc36edb3",
+    ("chat-poisson", "whole-prefill"): "c16aa7f7529c0917",
+    ("chat-poisson", "prefix-cache"): "b7a6d7c0dc36edb3",
     ("chat-poisson", "small-batch"): "3733b69831665056",
     ("chatbot", "default"): "4477d492c1534ec4",
     ("chatbot", "whole-prefill"): "5c8f110f1ab5f6b8",
@@ -68,14 +71,14 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("coding", "whole-prefill"): "445f50f9ccb37183",
     ("coding", "prefix-cache"): "817b2cc8f36af717",
     ("coding", "small-batch"): "bde3efe2bebe6df3",
-    ("mixed", "default"): "b914997a042daecd",
+    ("mixed", "default"): "df70a5c1804cc2e5",
     ("mixed", "whole-prefill"): "79d36813a8fad9d9",
-    ("mixed", "prefix-cache"): "b914997a042daecd",
+    ("mixed", "prefix-cache"): "df70a5c1804cc2e5",
     ("mixed", "small-batch"): "3ce5649116980d63",
     ("reasoning", "default"): "22ac19e57e2b2db3",
     ("reasoning", "whole-prefill"): "538f9d7d8f3f28e4",
     ("reasoning", "prefix-cache"): "22ac19e57e2b2db3",
-    ("reasoning", "small-batch"): "fa9796de5eeccbee",
+    ("reasoning", "small-batch"): "422e4c7b80f03350",
     ("smoke", "default"): "2c74676b5698d152",
     ("smoke", "whole-prefill"): "7e13766908ab5f9f",
     ("smoke", "prefix-cache"): "2c74676b5698d152",
