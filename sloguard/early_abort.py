@@ -167,11 +167,22 @@ class AttainmentWatch:
         self.sessions = sessions
         self.allowed = (1.0 - slo.attainment_target) * sessions
         self.missed: set[int] = set()
+        self._counted: set[int] = set()  # requests :meth:`poll` has counted
 
     def ended(self, record: RequestRecord) -> None:
         """Count ``record``, which has finished or failed (call once per request)."""
         if not request_met(record, self.slo, self.classes):
             self.miss(record.request_id)
+
+    def poll(self, records: Sequence[RequestRecord]) -> None:
+        """Count every record of a live window that has ended since the last poll (finished,
+        or failed other than by the early stop itself)."""
+        for record in records:
+            rid = record.request_id
+            failed = record.error is not None and not record.error.startswith(ABORT_ERROR)
+            if rid not in self._counted and (record.success or failed):
+                self._counted.add(rid)
+                self.ended(record)
 
     def miss(self, rid: int) -> None:
         """Count request ``rid`` as missed before it ends (its first token is overdue)."""

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from sloguard.capacity import CapacitySearch, Probe
@@ -67,6 +68,61 @@ def test_capacity_on_the_simulator_is_the_highest_passing_rate() -> None:
     # a smaller batch cap serves fewer requests per second within the SLOs
     small = evaluate([*common, "knobs.max_num_seqs=4"])["metrics"]["capacity_rps"]
     assert 0 < small < cap / 2
+
+
+def test_a_stopped_probe_fails_and_never_decides_the_flat_rule() -> None:
+    search = CapacitySearch(start_rps=10.0, min_rps=0.5)
+    stopped = Probe(5.0, 0.95, kept_up=False, stopped=True)  # only what had ended by then
+    assert not search._passed(stopped)
+    # halving: a stopped lower rate says nothing of whether attainment rose: halve on
+    kept = Probe(10.0, 0.5, kept_up=True)
+    assert search.next_rate([kept, stopped]) == 2.5
+    assert search.next_rate([kept, Probe(5.0, 0.5, kept_up=True)]) is None  # flat: done
+    # above a pass, a stopped probe is a failure that brackets the capacity
+    assert search.next_rate([Probe(10.0, 0.95, kept_up=True), Probe(20.0, 0.5, stopped=True)])
+    assert search.next_rate([Probe(10.0, 0.95), Probe(10.4, 0.5, stopped=True)]) is None
+
+
+def test_when_a_probe_may_stop() -> None:
+    from sloguard.workload import Workload
+
+    workload = Workload.plain(8, 4, np.arange(11) * 0.5, 0)  # 11 arrivals over 5 s at 2 req/s
+    search = CapacitySearch(start_rps=2.0, min_rps=0.25)
+    assert search.stop_after([], 2.0, workload) == pytest.approx(1.5 * 10 / 2.0)  # behind
+    assert search.stop_after([Probe(1.0, 0.95)], 2.0, workload) == 0.0  # a rate passed
+    assert search.stop_after([Probe(1.0, 0.95, stopped=True)], 2.0, workload) > 0
+    assert search.stop_after([], 0.25, workload) is None  # the lowest rate runs in full
+    off = CapacitySearch(start_rps=2.0, stop_early=False)
+    assert off.stop_after([Probe(1.0, 0.95)], 2.0, workload) is None
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["workload=chatbot"],
+        ["workload=coding", "knobs.max_num_seqs=12"],
+        ["workload=reasoning", "backend.scheduler=slos-serve", "backend.spec_decode.enabled=true",
+         "knobs.max_num_seqs=16"],
+        ["model=llama-3.1-8b", "hardware=l4-24gb", "workload=chatbot", "space.repair=false",
+         "knobs.max_num_seqs=48"],
+    ],
+)  # fmt: skip
+def test_stopping_failed_probes_early_finds_the_same_capacity(overrides) -> None:
+    common = [*overrides, "objective=capacity", "capacity.rel_tol=0.1"]
+    ran = evaluate([*common, "capacity.stop_early=false"])
+    out = evaluate(common)
+    m, full = out["metrics"], ran["metrics"]
+    n = int(m["capacity_probes"])
+    rates = [m[f"capacity/probe_{i}/rate_rps"] for i in range(n)]
+    assert rates == [full[f"capacity/probe_{i}/rate_rps"] for i in range(len(rates))]
+    assert full["capacity_probes"] == n
+    assert (out["utility"], out["feasible"]) == (ran["utility"], ran["feasible"])
+    assert m["capacity_rps"] == full["capacity_rps"] and m["attainment"] == full["attainment"]
+    stopped = [i for i in range(n) if m.get(f"capacity/probe_{i}/stopped_early")]
+    assert stopped, "some probe failed and stopped early"
+    for i in stopped:  # the most it could have reached is below the target, and above the truth
+        assert full[f"capacity/probe_{i}/attainment"] <= m[f"capacity/probe_{i}/attainment"] < 0.9
+    assert "capacity/probe_0/stopped_early" not in full
 
 
 FOUR_L4 = ["model=llama-3.1-8b", "hardware=4xl4-24gb", "workload=chatbot", "capacity.rel_tol=0.1",

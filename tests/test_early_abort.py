@@ -192,3 +192,50 @@ def test_a_live_window_measures_each_finished_request_once() -> None:
     assert sorted(cache) == [0, 1, 2, 3, 4] and cache[0] == (True, 0)
     cache[0] = cache[1] = (False, 0)  # what was measured is not measured again
     assert hopeless(records, SLO, cache=cache) is None
+
+
+def test_attainment_watch_counts_missed_sessions_once_against_the_target() -> None:
+    from sloguard.early_abort import AttainmentWatch
+
+    n = 10  # five sessions of two rounds: 0-1, 2-3, ... (the first round's id names it)
+    classes = RequestClasses(
+        names=("agent",),
+        class_ids=np.zeros(n, int),
+        sessions=np.repeat(np.arange(0, n, 2), 2),
+        ttft_ms=np.full(n, 100.0),
+        tpot_ms=np.full(n, 50.0),
+        answer_tpot_ms=np.full(n, 50.0),
+        answer_from=np.full(n, 4),
+    )
+    slo = SloContract(ttft_ms=100.0, itl_ms=50.0, attainment_target=0.5)
+    watch = AttainmentWatch(n, slo, classes)
+    assert (watch.sessions, watch.allowed) == (5, pytest.approx(2.5))
+    watch.ended(_done(0, 0.05))
+    watch.ended(_done(1, 0.5))  # session 0 misses
+    watch.ended(_done(2, 0.5))  # session 2 misses
+    assert watch.lost() is None and watch.most() == pytest.approx(0.6)
+    watch.ended(_done(3, 0.5))  # session 2 again: still two sessions
+    assert watch.lost() is None
+    watch.miss(5)  # round 5's first token is overdue: session 4 misses
+    assert "3 of 5 sessions missed their SLO" in watch.lost()
+    assert watch.most() == pytest.approx(0.4)
+
+
+def test_attainment_watch_polls_a_live_window_and_agrees_with_the_metrics() -> None:
+    from sloguard.early_abort import AttainmentWatch, request_met
+    from sloguard.metrics_collector import good_requests
+
+    slo = SloContract(ttft_ms=100.0, itl_ms=50.0, attainment_target=0.9)
+    records = [_done(i, 0.05 if i % 3 else 0.2) for i in range(12)]  # 0, 3, 6, 9 miss TTFT
+    records[1].token_times = 0.05 + np.array([0.0, 0.01, 0.3])  # a stalled stream misses too
+    in_flight = RequestRecord(12, 8, 4, 0.0, 0.0)
+    cut = RequestRecord(13, 8, 4, 0.0, 0.0, error=f"{ABORT_ERROR}: unfinished")
+    failed = RequestRecord(14, 8, 4, 0.0, 0.0, error="http 500")
+    window = [*records, in_flight, cut, failed]
+    good = good_requests(window, slo)
+    assert [request_met(r, slo, None) for r in window] == good.tolist()
+    watch = AttainmentWatch(len(window), slo, None)
+    watch.poll(window)
+    watch.poll(window)  # each ended request counts once
+    assert watch.missed == {0, 1, 3, 6, 9, 14}
+    assert watch.most() == pytest.approx(1 - 6 / 15) and "6 of 15" in watch.lost()

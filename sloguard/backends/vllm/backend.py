@@ -27,7 +27,7 @@ from sloguard.backends._base import BackendSettings, BaseBackend
 from sloguard.backends.vllm._server import ServerProcess, free_port, oom_kills, terminate_raises
 from sloguard.crash_classifier import CrashCategory, CrashInfo, classify
 from sloguard.deploy import knob_flags
-from sloguard.early_abort import hopeless
+from sloguard.early_abort import ATTAINMENT_MAX, AttainmentWatch, hopeless
 from sloguard.exceptions import ConfigError
 from sloguard.load_generator import ABORT_ERROR, HUNG_ERROR, LoadResult, LoadSettings, generate
 from sloguard.metrics_collector import (
@@ -196,15 +196,18 @@ class VllmBackend(BaseBackend):
                 **(m.metrics.summary() if m else {}),
                 "load_s": (m.seconds if m else 0.0),
             }
-            result = build_result(
-                config,
-                slo,
-                m.load.finished if m else (),
-                m.load.duration_s if m else 0.0,
-                crash=crash if i == len(measured) - 1 or not m else None,
-                server={k: round(v, 4) for k, v in server_facts.items()},
-                classes=m.workload.classes if m else None,
-                aborted=m.load.aborted if m else None,
+            result = _with_most(
+                build_result(
+                    config,
+                    slo,
+                    m.load.finished if m else (),
+                    m.load.duration_s if m else 0.0,
+                    crash=crash if i == len(measured) - 1 or not m else None,
+                    server={k: round(v, 4) for k, v in server_facts.items()},
+                    classes=m.workload.classes if m else None,
+                    aborted=m.load.aborted if m else None,
+                ),
+                m.most if m else None,
             )
             result.server_log = None if own_log else str(log_path)
             results.append(result)
@@ -246,16 +249,19 @@ class VllmBackend(BaseBackend):
         while (workload := next_workload(seen)) is not None:
             metrics = ServerMetrics()
             start = time.perf_counter()
-            load = asyncio.run(self._load(settings, workload, metrics, slo))
-            measured.append(_Measured(workload, load, metrics, time.perf_counter() - start))
+            load, most = asyncio.run(self._load(settings, workload, metrics, slo))
+            measured.append(_Measured(workload, load, metrics, time.perf_counter() - start, most))
             seen.append(
-                build_result(
-                    config,
-                    slo,
-                    load.finished,
-                    load.duration_s,
-                    classes=workload.classes,
-                    aborted=load.aborted,
+                _with_most(
+                    build_result(
+                        config,
+                        slo,
+                        load.finished,
+                        load.duration_s,
+                        classes=workload.classes,
+                        aborted=load.aborted,
+                    ),
+                    most,
                 )
             )
             state = _server_state(server)
@@ -269,7 +275,9 @@ class VllmBackend(BaseBackend):
 
     async def _load(
         self, settings: LoadSettings, workload: Workload, metrics: ServerMetrics, slo: SloContract
-    ) -> LoadResult:
+    ) -> tuple[LoadResult, float | None]:
+        """Serve one load; with a stop once its attainment target is lost (a capacity probe's),
+        also the most attainment it could still reach when it stopped."""
         url = f"{settings.base_url}/metrics"
         interval = self.settings.backend.metrics_interval_s
         timeout = aiohttp.ClientTimeout(total=5)
@@ -295,11 +303,18 @@ class VllmBackend(BaseBackend):
                 return hopeless(records, slo, workload.classes, cache=measured)
 
             metrics.before = await scrape()
-            early = abort if self.settings.backend.early_abort else None
+            early: Callable[[list[RequestRecord]], str | None] | None = (
+                abort if self.settings.backend.early_abort else None
+            )
+            watch = None
+            if (after := workload.stop_lost_after_s) is not None:
+                watch = AttainmentWatch(len(workload), slo, workload.classes)
+                early = _stop_when_lost(watch, after)
             seeded = dataclasses.replace(settings, seed=workload.seed)  # its prompts' seed
             load = await generate(workload, seeded, monitor=monitor, abort=early)
             metrics.after = await scrape()
-        return load
+        most = watch.most() if watch is not None and load.aborted is not None else None
+        return load, most
 
     def _crash(
         self, failure: str | None, evidence: _Evidence, load: LoadResult | None
@@ -369,6 +384,29 @@ class _Measured:
     load: LoadResult
     metrics: ServerMetrics
     seconds: float
+    most: float | None = None  # a stopped load's most reachable attainment
+
+
+def _stop_when_lost(
+    watch: AttainmentWatch, after_s: float
+) -> Callable[[list[RequestRecord]], str | None]:
+    """A live load's stop: once ``watch`` says its target is lost, ``after_s`` into the load.
+
+    Requests count as they end (a request's tokens are known only then)."""
+    start = time.monotonic()
+
+    def check(records: list[RequestRecord]) -> str | None:
+        watch.poll(records)
+        return watch.lost() if time.monotonic() - start > after_s else None
+
+    return check
+
+
+def _with_most(result: TrialResult, most: float | None) -> TrialResult:
+    """``result`` with a stopped load's most reachable attainment, if it has one."""
+    if most is not None:
+        result.metrics[ATTAINMENT_MAX] = most
+    return result
 
 
 def _server_state(server: ServerProcess) -> str | None:

@@ -6,7 +6,7 @@ import pytest
 
 from sloguard.backends import create_backend
 from sloguard.crash_classifier import CrashCategory
-from sloguard.evaluation import slo_from_config
+from sloguard.evaluation import slo_from_config, workload_from_config
 from sloguard.space import SearchSpace
 from sloguard.workload import build_workload
 
@@ -124,3 +124,36 @@ def test_a_data_parallel_server_runs_its_engines_behind_vllms_balancer(evaluate,
     one, four = (evaluate(*over, data_parallel_size=dp) for dp in (1, 4))
     assert min(four.server[f"replica{i}_requests"] for i in range(4)) > 0
     assert four.metrics["ttft_p99_ms"] < one.metrics["ttft_p99_ms"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [("workload=chatbot",), ("model=llama-3.1-8b", "hardware=l4-24gb", "workload=summarization")],
+)
+def test_an_overloaded_load_stops_once_its_attainment_target_is_lost(compose, overrides) -> None:
+    import dataclasses
+
+    cfg = compose(*overrides)
+    space = SearchSpace.from_config(cfg.space)
+    config = space.repair(space.complete({}), cfg.model.max_position_embeddings).config
+    backend, slo = create_backend(cfg), slo_from_config(cfg)
+    workload = workload_from_config(cfg)
+    overload = workload.at_rate(20 * workload.offered_rate())
+    full = backend.evaluate(config, overload, slo, seed=1)
+    after = 0.5 * (overload.num_first - 1) / overload.offered_rate()
+    stopped = backend.evaluate(
+        config, dataclasses.replace(overload, stop_lost_after_s=after), slo, seed=1
+    )
+    assert full.aborted_early is None and full.metrics["attainment"] < slo.attainment_target
+    assert "sessions missed their SLO" in (stopped.aborted_early or "")
+    assert stopped.crash is None and not stopped.feasible
+    # it stopped soon after the stop time (first tokens overdue count before their request
+    # ends), long before the backlog drained
+    assert stopped.server["num_steps"] < full.server["num_steps"] / 2
+    # the requests it reports had ended by then, as the full load served them
+    ended = {r.request_id: r for r in full.requests}
+    assert len(stopped.requests) < len(full.requests) / 2
+    for r in stopped.requests:
+        assert r.token_times.tolist() == ended[r.request_id].token_times.tolist()
+    # the most it could still reach is below the target and no less than what it did reach
+    assert full.metrics["attainment"] <= stopped.metrics["attainment_max"] < slo.attainment_target
