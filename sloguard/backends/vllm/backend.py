@@ -392,12 +392,17 @@ def _stop_when_lost(
 ) -> Callable[[list[RequestRecord]], str | None]:
     """A live load's stop: once ``watch`` says its target is lost, ``after_s`` into the load.
 
-    Requests count as they end (a request's tokens are known only then)."""
-    start = time.monotonic()
+    Requests count as they end (a request's tokens are known only then). The time runs from
+    the first check that sees a request sent, no earlier than the first send."""
+    first: list[float] = []
 
     def check(records: list[RequestRecord]) -> str | None:
         watch.poll(records)
-        return watch.lost() if time.monotonic() - start > after_s else None
+        if not first:
+            if any(r.send_time >= 0 for r in records):
+                first.append(time.monotonic())
+            return None
+        return watch.lost() if time.monotonic() - first[0] > after_s else None
 
     return check
 

@@ -222,6 +222,26 @@ def test_a_window_that_cannot_meet_its_slo_stops_early(compose, vllm_python, tmp
     assert_group_gone(backend.last_server.pgid)
 
 
+@pytest.mark.vllm
+def test_a_capacity_probe_stops_once_its_attainment_target_is_lost(
+    compose, vllm_python, tmp_path
+) -> None:
+    import dataclasses
+
+    backend, workload, slo = _backend(
+        compose, "slo.ttft_ms=1", "workload.num_requests=400", "workload.concurrency=0",
+        "workload.arrival=poisson", "workload.request_rate=20",
+    )  # fmt: skip
+    probe = dataclasses.replace(workload, stop_lost_after_s=1.0)
+    result = backend.evaluate(KNOBS, probe, slo, seed=0, log_path=tmp_path / "s.log")
+    assert result.crash is None and not result.feasible
+    assert "sessions missed their SLO" in (result.aborted_early or "")
+    # more than 40 of the 400 missed (a 1 ms TTFT), about 1 s into a 20 s load
+    assert 40 < result.metrics["completed"] < 400 and result.server["load_s"] < 10
+    assert result.metrics["attainment_max"] < slo.attainment_target
+    assert_group_gone(backend.last_server.pgid)
+
+
 def _kill_engine_mid_load(study_dir: Path, killed: dict) -> None:
     """Wait for trial 0's server to serve load, then SIGKILL its engine core process."""
     log = None
