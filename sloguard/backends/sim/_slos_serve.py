@@ -308,23 +308,19 @@ class SlosServeScheduler:
         decoding = [r for r in engine.running if computed[r] == prompt[r] + generated[r] - 1]
         decoding_set = set(decoding)
         ours = [r for r in decoding if r in admitted]
-        tpots = self._tpots(engine, ours)
-        # the tightest tier of every admitted request (decoding ones are most of them)
-        tiers = self._tpots(engine, [r for r in admitted if r not in decoding_set]) + tpots
+        tiers = self._tpots(engine, admitted)
         limit, spec_max = self._limit(engine, tiers, len(ours))
         if unlimited:
             limit = math.inf
         plan = StepPlan([], [], 0, 0.0, 0, [] if self.spec_tokens else None)
-        blocks = reqs.blocks
-        self.unclaimed = self.reserved - sum([blocks[r] for r in admitted])
+        self.unclaimed = self.reserved - sum(reqs.blocks[r] for r in admitted)
         self.planned = 0  # tokens in the plan so far
-        self._decode_admitted(engine, plan, ours, tpots, limit, spec_max)
+        self._decode_admitted(engine, plan, ours, self._tpots(engine, ours), limit, spec_max)
         if plan.spec:
             plan.draft_s = self._draft_s(engine, len(ours), plan.decode_context, max(plan.spec))
         started = [r for r in engine.running if r not in decoding_set]
         prefills = [r for r in started if r in admitted] + list(engine.waiting)
-        if len(prefills) > 1:
-            prefills.sort(key=lambda r: self._deadline(engine, r))
+        prefills.sort(key=lambda r: self._deadline(engine, r))
         for rid in prefills:  # a step that completes a prompt ends by its TTFT deadline
             limit = self._prefill(engine, plan, rid, limit, admitted=True)[0]
         for rid in decoding:  # best effort (an evicted one has nothing computed)
