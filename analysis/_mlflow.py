@@ -18,6 +18,7 @@ METRICS = (
     names.OUTPUT_THROUGHPUT,
     names.CAPACITY,
     names.CAPACITY_PER_GPU,
+    names.TARGET_PER_GPU,
 )
 
 

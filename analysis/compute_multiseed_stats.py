@@ -40,6 +40,7 @@ BETTER: dict[str, str] = {
     "best_goodput_tok_s": "greater",
     "best_capacity_rps": "greater",  # capacity studies (objective=capacity...) only
     "best_capacity_per_gpu_rps": "greater",  # objective=capacity_per_gpu only
+    "best_target_per_gpu_rps": "greater",  # objective=gpus_for_rate only
     "feasible_trials": "greater",
     "crash_waste_pct": "less",
 }
@@ -49,6 +50,8 @@ PUBLISHED: dict[str, tuple[float, float, float, float, float]] = {
     "consistency": (0.539, 0.224, 0.876, 0.123, 0.010),
     "best_latency_ms": (470.52, 10.00, 465.69, 2.26, 0.84),
 }
+# each capacity objective's trial metric (a study's best is that of its feasible trials)
+CAPACITY_METRICS = (names.CAPACITY, names.CAPACITY_PER_GPU, names.TARGET_PER_GPU)
 LABELS = {
     "fast_trials": "Fast-cluster trials / {budget}",
     "consistency": "Post-hit consistency",
@@ -56,6 +59,7 @@ LABELS = {
     "best_goodput_tok_s": "Best goodput (tok/s)",
     "best_capacity_rps": "Best capacity (req/s)",
     "best_capacity_per_gpu_rps": "Best capacity per GPU (req/s)",
+    "best_target_per_gpu_rps": "Best target rate per GPU needed (req/s)",
     "feasible_trials": "Feasible trials",
     "crash_waste_pct": "Crash waste (%)",
 }
@@ -93,7 +97,7 @@ def study_stats(
             names.best(m): (float(feasible[m].max()) if found else 0.0)
             if m in capacity
             else math.nan
-            for m in (names.CAPACITY, names.CAPACITY_PER_GPU)
+            for m in CAPACITY_METRICS
         },
         "feasible_trials": float(len(feasible)),
         "crashes": float(trials["crashed"].sum()),
@@ -141,11 +145,7 @@ def summarize(
     best = float(feasible[latency].min()) if len(feasible) else math.nan
     threshold = (1.0 + delta) * best
     worst = float(trials[latency].max()) if trials[latency].notna().any() else math.nan
-    capacity = tuple(
-        m
-        for m in (names.CAPACITY, names.CAPACITY_PER_GPU)
-        if m in trials and bool(trials[m].notna().any())
-    )
+    capacity = tuple(m for m in CAPACITY_METRICS if m in trials and bool(trials[m].notna().any()))
     rows = []
     for (optimizer, seed, name), group in trials.groupby(["optimizer", "seed", "study_name"]):
         rows.append(

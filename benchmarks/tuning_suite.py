@@ -125,6 +125,17 @@ PROBLEMS: dict[str, list[str]] = {
         "space.tensor_parallel_size=[1,2,4,8]",
         "space.data_parallel_size=[1,2,4]",
     ],
+    # the same node asked the question AIConfigurator answers: the fewest GPUs (replicas of one
+    # layout) that serve 40 req/s
+    "l4x4-gpus-for-rate": [
+        "model=llama-3.1-8b",
+        "hardware=4xl4-24gb",
+        "workload=chatbot",
+        "objective=gpus_for_rate",
+        "capacity.target_rps=40",
+        "space.tensor_parallel_size=[1,2,4,8]",
+        "space.data_parallel_size=[1,2,4]",
+    ],
     "t4-kv-fp8": [
         "hardware=t4-16gb",
         "space.kv_cache_dtype=[auto,fp8]",

@@ -81,10 +81,13 @@ class CapacitySearch:
         cap = cfg.capacity
         spread = workload.num_first / (0.5 * cfg.backend.timeout_s)  # slowest rate that can end
         drawn = cfg.workload.arrival in ("poisson", "gamma")
+        top = cap.max_rps
+        if cfg.objective == "gpus_for_rate":  # passing the target: one server is enough
+            top = min(top, cap.target_rps)
         return cls(
             start_rps=cfg.workload.request_rate if drawn else workload.offered_rate(),
-            min_rps=min(max(cap.min_rps, spread), cap.max_rps),
-            max_rps=cap.max_rps,
+            min_rps=min(max(cap.min_rps, spread), top),
+            max_rps=top,
             rel_tol=cap.rel_tol,
             max_probes=cap.max_probes,
             target=cfg.slo.attainment_target,
@@ -233,6 +236,33 @@ def per_gpu(result: TrialResult, gpus: int) -> TrialResult:
     result.metrics.update(gpus=float(gpus), capacity_per_gpu_rps=capacity / gpus)
     if result.feasible:
         result.utility = capacity / gpus
+    return result
+
+
+def gpus_for_rate(result: TrialResult, gpus: int, target_rps: float) -> TrialResult:
+    """A capacity search's result scored by the GPUs that serving ``target_rps`` takes
+    (``objective=gpus_for_rate``): replicas of the configuration, each on ``gpus`` GPUs, enough
+    that their capacities add up to the target.
+
+    Adds ``gpus``, ``replicas_needed``, ``gpus_needed`` and ``target_per_gpu_rps`` (the target
+    over the GPUs needed) to its metrics. A feasible trial's utility is that last figure, so
+    fewer GPUs score higher and configurations needing as many tie; an infeasible one (no rate
+    passed) keeps its attainment shortfall and needs no finite number of GPUs.
+    """
+    capacity = result.metrics.get("capacity_rps", 0.0)
+    result.metrics["gpus"] = float(gpus)
+    if capacity <= 0:
+        result.metrics["target_per_gpu_rps"] = 0.0
+        return result
+    replicas = math.ceil(target_rps / capacity - 1e-9)
+    needed = gpus * replicas
+    result.metrics.update(
+        replicas_needed=float(replicas),
+        gpus_needed=float(needed),
+        target_per_gpu_rps=target_rps / needed,
+    )
+    if result.feasible:
+        result.utility = target_rps / needed
     return result
 
 

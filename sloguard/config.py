@@ -26,9 +26,9 @@ from sloguard._domain import check_domains, num, text
 from sloguard.exceptions import ConfigError
 
 MAX_BLOCK_SIZE = 4096  # tokens per KV block (vLLM: any size > 0; past this, a typo)
-OBJECTIVES: tuple[str, ...] = ("goodput", "capacity", "capacity_per_gpu")
+OBJECTIVES: tuple[str, ...] = ("goodput", "capacity", "capacity_per_gpu", "gpus_for_rate")
 # objectives that search the highest rate meeting the attainment target
-CAPACITY_OBJECTIVES: tuple[str, ...] = ("capacity", "capacity_per_gpu")
+CAPACITY_OBJECTIVES: tuple[str, ...] = ("capacity", "capacity_per_gpu", "gpus_for_rate")
 PLATFORMS: tuple[str, ...] = ("cuda", "cpu")
 # the optimizers' names (sloguard.optimizer.OPTIMIZERS builds them), here so that validating a
 # command line loads no optimizer library
@@ -389,6 +389,9 @@ class CapacityConfig:
     have run. Arrivals keep their shape; only their rate is scaled. With ``stop_early`` a load
     stops once it certainly fails and its exact attainment cannot change the search: once a
     rate has passed, or once it has certainly fallen behind its arrivals.
+
+    ``objective=gpus_for_rate`` needs ``target_rps``, the request rate the deployment must serve;
+    its searches stop at that rate (one server that passes it needs no more GPUs).
     """
 
     min_rps: float = num(0.05, gt=0)
@@ -396,6 +399,7 @@ class CapacityConfig:
     rel_tol: float = num(0.05, ge=0.0001, lt=1)
     max_probes: int = num(10, ge=1, large=100)
     stop_early: bool = True
+    target_rps: float | None = num(None, gt=0, large=1_000_000)
 
 
 @dataclass
@@ -433,7 +437,8 @@ class Config:
     space: SpaceConfig = MISSING
     prior: PriorConfig = MISSING
     knobs: KnobsConfig = field(default_factory=KnobsConfig)
-    # goodput | capacity (req/s at the attainment target) | capacity_per_gpu (that / GPUs)
+    # goodput | capacity (req/s at the attainment target) | capacity_per_gpu (that / GPUs) |
+    # gpus_for_rate (fewest GPUs, in replicas of one configuration, for capacity.target_rps)
     objective: str = "goodput"
     capacity: CapacityConfig = field(default_factory=CapacityConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -749,6 +754,11 @@ def _check_capacity(cfg: DictConfig) -> None:
             "no request rate to search (use poisson, gamma or trace)"
         )
     cap = cfg.capacity
+    if cfg.objective == "gpus_for_rate" and cap.target_rps is None:
+        raise ConfigError(
+            "objective=gpus_for_rate needs capacity.target_rps, the request rate to serve "
+            "(req/s, > 0), e.g. capacity.target_rps=40"
+        )
     if cap.max_rps < cap.min_rps:
         raise ConfigError(
             f"capacity.max_rps={cap.max_rps} is invalid; it must be >= capacity.min_rps="

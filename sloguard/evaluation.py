@@ -14,7 +14,7 @@ import numpy as np
 
 from sloguard.backends import create_backend
 from sloguard.backends.sim import zero_load_ttft_ms
-from sloguard.capacity import CapacitySearch, per_gpu, search_capacity
+from sloguard.capacity import CapacitySearch, gpus_for_rate, per_gpu, search_capacity
 from sloguard.config import CAPACITY_OBJECTIVES
 from sloguard.exceptions import ConfigError
 from sloguard.gpu_profile import MemoryGuard, detect_vram_gb
@@ -122,6 +122,7 @@ class TrialStep:
         log_dir: Where real servers' logs go (``trial-NNN.log``).
         capacity: Search the highest passing request rate instead of serving one load.
         per_gpu: Score a capacity search per GPU the configuration runs on.
+        target_rps: Score a capacity search by the GPUs that serving this rate takes.
     """
 
     space: SearchSpace
@@ -134,6 +135,7 @@ class TrialStep:
     log_dir: Path | None = None
     capacity: CapacitySearch | None = None
     per_gpu: bool = False
+    target_rps: float | None = None
 
     @classmethod
     def from_config(
@@ -156,6 +158,7 @@ class TrialStep:
             log_dir,
             capacity,
             per_gpu=cfg.objective == "capacity_per_gpu",
+            target_rps=cfg.capacity.target_rps if cfg.objective == "gpus_for_rate" else None,
         )
 
     def evaluate(self, params: dict[str, Any], number: int, phase: str = "") -> TrialRecord:
@@ -178,6 +181,9 @@ class TrialStep:
             )
             if self.per_gpu:
                 result = per_gpu(result, self.backend.gpus(repair.config))
+            elif self.target_rps is not None:
+                gpus = self.backend.gpus(repair.config)
+                result = gpus_for_rate(result, gpus, self.target_rps)
         return TrialRecord(
             number, params, result, phase, list(repair.changes), time.perf_counter() - start
         )

@@ -177,12 +177,7 @@ def _job(cfg: DictConfig) -> float | None:
         print(closest_line(outcome.records, slo_from_config(cfg)))
         return None
     m = best.result.metrics
-    capacity = ""
-    if "capacity_rps" in m:
-        capacity = f"capacity {m['capacity_rps']:.2f} req/s"
-        if "capacity_per_gpu_rps" in m:
-            capacity += f" ({m['capacity_per_gpu_rps']:.2f} per GPU on {m['gpus']:.0f})"
-        capacity += ", "
+    capacity = _capacity_words(m, cfg.capacity.target_rps)
     print(
         f"study {outcome.study_name}: best trial #{best.number} {capacity}"
         f"goodput {m['goodput_tok_s']:.1f} tok/s, TTFT p99 {m['ttft_p99_ms']:.1f} ms, "
@@ -195,6 +190,22 @@ def _job(cfg: DictConfig) -> float | None:
         chosen = ", ".join(f"{k}={v}" for k, v in only.items())
         print(f"  (the simulator's {chosen}: no vLLM flag sets these)")
     return best.result.utility
+
+
+def _capacity_words(m: dict[str, float], target_rps: float | None) -> str:
+    """A capacity study's best trial in words (``""`` for a goodput study)."""
+    if "capacity_rps" not in m:
+        return ""
+    words = f"capacity {m['capacity_rps']:.2f} req/s"
+    if "capacity_per_gpu_rps" in m:
+        words += f" ({m['capacity_per_gpu_rps']:.2f} per GPU on {m['gpus']:.0f})"
+    if "gpus_needed" in m:
+        copies = int(m["replicas_needed"])
+        words += (
+            f" on {m['gpus']:.0f} GPU(s): {m['gpus_needed']:.0f} GPUs serve {target_rps:g} req/s "
+            f"({copies} replica{'s' * (copies > 1)})"
+        )
+    return words + ", "
 
 
 def closest_line(records: Sequence[TrialRecord], slo: SloContract) -> str:

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 
@@ -159,6 +161,44 @@ def test_an_infeasible_trial_keeps_its_shortfall_per_gpu() -> None:
     assert per_gpu(passed, 4).utility == 1.5 and passed.metrics["gpus"] == 4
 
 
+@pytest.mark.parametrize(("tp", "dp"), [(1, 1), (2, 1), (2, 2), (1, 4)])
+def test_gpus_for_a_rate_are_enough_replicas_of_the_layout(tp: int, dp: int) -> None:
+    knobs = [f"knobs.tensor_parallel_size={tp}", f"knobs.data_parallel_size={dp}"]
+    target = 30.0
+    whole = evaluate([*FOUR_L4, *knobs, "objective=capacity"])["metrics"]
+    out = evaluate(
+        [*FOUR_L4, *knobs, "objective=gpus_for_rate", f"capacity.target_rps={target:g}"]
+    )
+    m = out["metrics"]
+    rates = [m[f"capacity/probe_{i}/rate_rps"] for i in range(int(m["capacity_probes"]))]
+    assert max(rates) <= target  # one server passing the target needs no more GPUs
+    # searched up to the target, the capacity is the whole search's within its tolerance
+    assert m["capacity_rps"] == pytest.approx(min(whole["capacity_rps"], target), rel=0.11)
+    replicas = math.ceil(target / m["capacity_rps"] - 1e-9)
+    assert m["gpus"] == tp * dp and m["replicas_needed"] == replicas
+    assert m["gpus_needed"] == tp * dp * replicas and out["feasible"]
+    per = m["target_per_gpu_rps"]
+    assert out["utility"] == per == pytest.approx(target / (tp * dp * replicas))
+
+
+def test_gpus_for_a_rate_count_whole_replicas_and_none_without_capacity() -> None:
+    from sloguard.capacity import gpus_for_rate
+    from sloguard.result import TrialResult
+
+    def passed(capacity: float) -> TrialResult:
+        return TrialResult({}, metrics={"capacity_rps": capacity}, feasible=True, utility=capacity)
+
+    exact = gpus_for_rate(passed(0.1), 2, 3 * 0.1)  # 3 * 0.1 / 0.1 is 3.0000000000000004
+    assert exact.metrics["replicas_needed"] == 3 and exact.metrics["gpus_needed"] == 6
+    over = gpus_for_rate(passed(10.01), 2, 30.0)
+    assert over.metrics["gpus_needed"] == 6 and over.utility == 5.0
+    under = gpus_for_rate(passed(9.99), 2, 30.0)
+    assert under.metrics["gpus_needed"] == 8 and under.utility == 3.75
+    failed = gpus_for_rate(TrialResult({}, metrics={"capacity_rps": 0.0}, utility=-0.3), 4, 30.0)
+    assert failed.utility == -0.3 and not failed.feasible
+    assert failed.metrics["target_per_gpu_rps"] == 0.0 and "gpus_needed" not in failed.metrics
+
+
 def test_a_startup_crash_ends_the_search_as_the_trials_crash() -> None:
     out = evaluate(["workload=chatbot", "objective=capacity", "space.repair=false",
                     "knobs.gpu_memory_utilization=0.05"])  # fmt: skip
@@ -190,6 +230,10 @@ def test_a_server_that_fails_before_any_load_is_the_trials_crash() -> None:
         (["objective=capacity", "workload=chat"], "objective=capacity needs open-loop arrivals"),
         (["objective=capacity_per_gpu", "workload=chat"],
          "objective=capacity_per_gpu needs open-loop arrivals"),
+        (["objective=gpus_for_rate", "workload=chatbot"],
+         "objective=gpus_for_rate needs capacity.target_rps, the request rate to serve"),
+        (["objective=gpus_for_rate", "workload=chatbot", "capacity.target_rps=0"],
+         "capacity.target_rps=0.0 is invalid; it must be a finite number > 0"),
         (["objective=capacity", "workload=chatbot", "capacity.max_rps=0.01"],
          "capacity.max_rps=0.01 is invalid"),
         (["slo.attainment_target=1.5"], "slo.attainment_target=1.5 is invalid; it must be a"),

@@ -127,3 +127,15 @@ def test_a_study_in_mlflows_default_experiment_says_how_to_keep_studies_together
     )
     assert client.get_run(made).data.tags["sloguard.role"] == "study"
     assert client.get_experiment("0").tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_the_best_trial_of_a_gpus_for_rate_study_says_how_many_gpus() -> None:
+    from sloguard.tune import _capacity_words
+
+    one = {"capacity_rps": 25.0, "gpus": 4.0, "gpus_needed": 4.0, "replicas_needed": 1.0}
+    assert _capacity_words(one, 25.0) == (
+        "capacity 25.00 req/s on 4 GPU(s): 4 GPUs serve 25 req/s (1 replica), "
+    )
+    three = {"capacity_rps": 8.84, "gpus": 2.0, "gpus_needed": 6.0, "replicas_needed": 3.0}
+    assert "6 GPUs serve 25 req/s (3 replicas)" in _capacity_words(three, 25.0)
+    assert _capacity_words({"goodput_tok_s": 10.0}, None) == ""

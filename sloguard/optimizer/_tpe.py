@@ -65,8 +65,9 @@ def crash_constraints(result: TrialResult) -> dict[str, float]:
 
 def objective_value(result: TrialResult) -> float:
     """The objective's figure, which a constrained sampler models whether or not the trial met
-    the SLO: capacity (req/s, per GPU under ``objective=capacity_per_gpu``) for a capacity
-    search, else goodput (tok/s); 0 for a crash.
+    the SLO: capacity (req/s, per GPU under ``objective=capacity_per_gpu``, the target rate per
+    GPU needed under ``objective=gpus_for_rate``) for a capacity search, else goodput (tok/s); 0
+    for a crash.
 
     For a feasible trial it is its utility. A capacity search in which no rate passed scores 0,
     as a crash does; its constraint (the attainment shortfall) tells the two apart.
@@ -74,7 +75,7 @@ def objective_value(result: TrialResult) -> float:
     if result.crash is not None:
         return 0.0
     metrics = result.metrics
-    for name in ("capacity_per_gpu_rps", "capacity_rps", "goodput_tok_s"):
+    for name in ("target_per_gpu_rps", "capacity_per_gpu_rps", "capacity_rps", "goodput_tok_s"):
         if name in metrics:
             return float(metrics[name])
     return 0.0

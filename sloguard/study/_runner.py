@@ -334,6 +334,8 @@ class _Bar(tqdm):
         crashes = sum(1 for r in records if r.result.crash)
         if best is None:
             shown = "best goodput=-"
+        elif names.GPUS_NEEDED in best.result.metrics:
+            shown = f"fewest GPUs={best.result.metrics[names.GPUS_NEEDED]:.0f}"
         elif names.CAPACITY_PER_GPU in best.result.metrics:
             per = best.result.metrics[names.CAPACITY_PER_GPU]
             shown = f"best capacity={per:.3g} req/s per GPU"

@@ -132,8 +132,8 @@ class StudyHandle:
         storage: The open storage.
         study: The Optuna study.
         tracker: Its MLflow study run.
-        objective: The study curve's metric (``goodput_tok_s``, ``capacity_rps`` or
-            ``capacity_per_gpu_rps``).
+        objective: The study curve's metric (``goodput_tok_s``, ``capacity_rps``,
+            ``capacity_per_gpu_rps`` or ``target_per_gpu_rps``).
         grace_period: Seconds without a heartbeat after which a trial is dead.
     """
 

@@ -55,6 +55,9 @@ def summarize_study(records: Sequence[TrialRecord]) -> dict[str, Any]:
                     names.CAPACITY,
                     names.CAPACITY_PER_GPU,
                     names.GPUS,
+                    names.TARGET_PER_GPU,
+                    names.GPUS_NEEDED,
+                    names.REPLICAS_NEEDED,
                 )
             },
             best_config=best.result.config,

@@ -47,6 +47,11 @@ OUTPUT_THROUGHPUT = "output_throughput_tok_s"
 CAPACITY = "capacity_rps"
 CAPACITY_PER_GPU = "capacity_per_gpu_rps"  # objective=capacity_per_gpu: capacity / GPUS
 GPUS = "gpus"  # the GPUs a configuration runs on (tensor x data parallel x replicas)
+# objective=gpus_for_rate: copies of a configuration that capacity.target_rps takes, their GPUs,
+# and the target over those GPUs (what the study maximises: fewer GPUs, higher)
+REPLICAS_NEEDED = "replicas_needed"
+GPUS_NEEDED = "gpus_needed"
+TARGET_PER_GPU = "target_per_gpu_rps"
 UTILITY = "utility"
 ABORTED_EARLY = "aborted_early"  # 1: the window stopped once the trial was certainly infeasible
 
@@ -58,7 +63,11 @@ NUM_TRIALS = "num_trials"
 
 def objective_metric(objective: str) -> str:
     """The trial metric an ``objective`` maximises (``objective=capacity``: ``capacity_rps``)."""
-    return {"capacity": CAPACITY, "capacity_per_gpu": CAPACITY_PER_GPU}.get(objective, GOODPUT)
+    return {
+        "capacity": CAPACITY,
+        "capacity_per_gpu": CAPACITY_PER_GPU,
+        "gpus_for_rate": TARGET_PER_GPU,
+    }.get(objective, GOODPUT)
 
 
 def best(metric: str) -> str:

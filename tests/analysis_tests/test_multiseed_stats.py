@@ -59,6 +59,8 @@ def _log(tmp_path: Path, comparison: str = "cmp", capacity: bool = False) -> str
                 if capacity:  # an objective=capacity_per_gpu study, on n + 1 GPUs
                     client.log_metric(trial, "capacity_rps", 1e4 / latency)
                     client.log_metric(trial, "capacity_per_gpu_rps", 1e4 / latency / (n + 1))
+                    # as objective=gpus_for_rate scores it: 10 req/s over n + 1 GPUs
+                    client.log_metric(trial, "target_per_gpu_rps", 10.0 / (n + 1))
     # a study of another comparison must be ignored
     client.create_run(
         exp,
@@ -139,12 +141,16 @@ def test_capacity_studies_compare_their_best_capacity(tmp_path: Path) -> None:
     assert per[("tba-tpe", 2)]["best_capacity_per_gpu_rps"] == pytest.approx(1e4 / 530.0)
     assert per[("random", 3)]["best_capacity_per_gpu_rps"] == 0.0
     assert "| Best capacity per GPU (req/s) |" in format_table(s)
+    assert per[("tba-tpe", 3)]["best_target_per_gpu_rps"] == 10.0  # fewest GPUs: its first
+    assert per[("random", 3)]["best_target_per_gpu_rps"] == 0.0
+    assert "| Best target rate per GPU needed (req/s) |" in format_table(s)
 
 
 def test_goodput_studies_report_no_capacity(tmp_path: Path) -> None:
     _, trials = load_comparison("cmp", tracking_uri=_log(tmp_path))
     s = summarize(trials, "random", "tba-tpe", latency="e2el_p50_ms", delta=0.05)
     assert "best_capacity_rps" not in s["tests"] and "best_capacity_per_gpu_rps" not in s["tests"]
+    assert "best_target_per_gpu_rps" not in s["tests"]
     assert "| Best capacity" not in format_table(s)
 
 

@@ -77,6 +77,29 @@ def test_a_per_gpu_study_curves_and_ranks_capacity_per_gpu(compose, study_env) -
     assert sorted({m.step for m in history}) == list(range(5))
 
 
+def test_a_gpus_for_rate_study_ranks_the_fewest_gpus(compose, study_env) -> None:
+    cfg = compose(
+        "progress=false", "budget=5", "optimizer=random", "seed=3", "model=llama-3.1-8b",
+        "hardware=4xl4-24gb", "workload=chatbot", "workload.num_requests=60",
+        "objective=gpus_for_rate", "capacity.target_rps=25", "capacity.rel_tol=0.2",
+        "space.tensor_parallel_size=[1,2,4]", "space.data_parallel_size=[1,2]",
+    )  # fmt: skip
+    outcome = run_study(cfg)
+    best = best_trial(outcome.records)
+    assert best is not None
+    feasible = [r.result.metrics for r in outcome.records if r.result.feasible]
+    fewest = min(m["gpus_needed"] for m in feasible)
+    assert len({m["gpus_needed"] for m in feasible}) > 1  # a choice was made
+    assert best.result.metrics["gpus_needed"] == fewest
+    assert best.result.utility == pytest.approx(25 / fewest)
+    runs = mlflow_runs(study_env["MLFLOW_TRACKING_URI"])
+    study = runs[runs["tags.sloguard.role"] == "study"]
+    assert study["metrics.best_target_per_gpu_rps"].iloc[0] == pytest.approx(25 / fewest)
+    assert study["metrics.best_gpus_needed"].iloc[0] == fewest
+    history = mlflow.MlflowClient().get_metric_history(outcome.run_id, "best_target_per_gpu_rps")
+    assert sorted({m.step for m in history}) == list(range(5))
+
+
 def test_crashes_are_failed_trials_with_their_category(compose, study_env) -> None:
     cfg = compose(
         *FAST, "budget=8", "optimizer=random", "model=llama-3.1-8b", "hardware=l4-24gb",
