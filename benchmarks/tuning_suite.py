@@ -5,7 +5,8 @@ is not flat: capacity at the attainment target for open-loop workloads (it does 
 goodput at a fixed offered rate does), goodput under closed-loop concurrency, tight SLOs,
 crash-prone memory settings (repair off, a big model on a small card), Azure traces, the
 SLOs-Serve scenarios, capacity per GPU on a 4-GPU node, and spaces widened with the simulator's
-serving knobs and vLLM's scheduling policy, KV-cache dtype, block size and parallel sizes.
+serving knobs and vLLM's scheduling policy, KV-cache dtype, block size, parallel sizes and
+n-gram speculation length; and the fewest GPUs that serve a target rate.
 
 Per problem, the best known configuration is the best noise-free utility of a long random
 exploration, the auto_tune grid and every study's choices. Every optimizer then runs ``--seeds``
@@ -28,7 +29,7 @@ recommended one have lower regret?). A problem where nothing feasible is known i
 and left out of the ranks.
 
 Usage:
-    python benchmarks/tuning_suite.py                    # 17 problems, 5 seeds x 30 trials
+    python benchmarks/tuning_suite.py                    # 19 problems, 5 seeds x 30 trials
     python benchmarks/tuning_suite.py --quick            # 4 problems, 3 seeds x 15 trials
     python benchmarks/tuning_suite.py --problems paper crash-prone --optimizers random tba-tpe
 """
@@ -124,6 +125,12 @@ PROBLEMS: dict[str, list[str]] = {
         "objective=capacity_per_gpu",
         "space.tensor_parallel_size=[1,2,4,8]",
         "space.data_parallel_size=[1,2,4]",
+    ],
+    # vLLM's n-gram speculation: each verified draft costs compute that a full batch lacks
+    "chatbot-ngram": [
+        "workload=chatbot",
+        "objective=capacity",
+        "space.num_speculative_tokens=[0,1,2,3,4]",
     ],
     # the same node asked the question AIConfigurator answers: the fewest GPUs (replicas of one
     # layout) that serve 40 req/s

@@ -26,6 +26,7 @@ from sloguard._domain import check_domains, num, text
 from sloguard.exceptions import ConfigError
 
 MAX_BLOCK_SIZE = 4096  # tokens per KV block (vLLM: any size > 0; past this, a typo)
+MAX_SPEC_TOKENS = 16  # tokens speculated per step (vLLM: any number > 0; past this, a typo)
 OBJECTIVES: tuple[str, ...] = ("goodput", "capacity", "capacity_per_gpu", "gpus_for_rate")
 # objectives that search the highest rate meeting the attainment target
 CAPACITY_OBJECTIVES: tuple[str, ...] = ("capacity", "capacity_per_gpu", "gpus_for_rate")
@@ -241,11 +242,16 @@ class OptimizerConfig:
 
 @dataclass
 class SpecDecodeConfig:
-    """Speculative decoding in the simulator (a draft model proposes, the target verifies)."""
+    """Speculative decoding in the simulator (a draft model proposes, the target verifies).
+
+    ``acceptance_rate`` also stands for vLLM's n-gram speculation (``num_speculative_tokens``),
+    whose drafts cost no model step: set it to the rate a real server reports for the workload
+    (the trial's ``spec_acceptance_rate``).
+    """
 
     enabled: bool = False
     # tokens speculated per step (vllm scheduler: always; slos-serve: up to, per SLO tier)
-    max_tokens: int = num(4, ge=1, le=16)
+    max_tokens: int = num(4, ge=1, le=MAX_SPEC_TOKENS)
     acceptance_rate: float = num(0.7, gt=0, le=1)  # chance each speculated token is accepted
     draft_ratio: float = num(0.1, ge=0, le=1)  # a draft step's time / the target's decode step
 
@@ -348,6 +354,8 @@ class SpaceConfig:
     data_parallel_size: list[int] = field(default_factory=list)
     # tokens per KV-cache block, e.g. [16,32,64,128] (vLLM's GPU kernels take multiples of 16)
     block_size: list[int] = field(default_factory=list)
+    # tokens vLLM's n-gram speculation proposes per step (0: none), e.g. [0,2,4]
+    num_speculative_tokens: list[int] = field(default_factory=list)
     # the simulator's serving choices, searched when given (the sim backend only); the first
     # choice is the default, e.g. space.scheduler=[vllm,slos-serve] space.replicas=[1,2,4]
     scheduler: list[str] = field(default_factory=list)
@@ -378,6 +386,7 @@ class KnobsConfig:
     tensor_parallel_size: int | None = num(None, ge=1, le=1024)
     data_parallel_size: int | None = num(None, ge=1, le=1024)
     block_size: int | None = num(None, ge=1, le=MAX_BLOCK_SIZE)
+    num_speculative_tokens: int | None = num(None, ge=0, le=MAX_SPEC_TOKENS)
 
 
 @dataclass
@@ -589,6 +598,18 @@ def _check_serving(backend: DictConfig, space: DictConfig) -> None:
             "space.data_parallel_size is vLLM's own engines behind its balancer; it cannot be "
             "combined with the simulator's replicas and router (space.replicas, space.router, "
             "backend.replicas): give one or the other"
+        )
+    for tokens in space.num_speculative_tokens:
+        if not 0 <= tokens <= MAX_SPEC_TOKENS:
+            raise ConfigError(
+                f"space.num_speculative_tokens has {tokens}; each must be in "
+                f"[0, {MAX_SPEC_TOKENS}] (0: no speculation)"
+            )
+    if space.num_speculative_tokens and (space.spec_decode or backend.spec_decode.enabled):
+        raise ConfigError(
+            "space.num_speculative_tokens is vLLM's own n-gram speculation; it cannot be "
+            "combined with the simulator's draft-model speculation (space.spec_decode, "
+            "backend.spec_decode.enabled): give one or the other"
         )
     for threshold in space.long_prefill_token_threshold:  # vLLM: Field(ge=0)
         if threshold < 0:

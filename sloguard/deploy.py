@@ -6,6 +6,7 @@ with, so what a study measured is what the printed line starts.
 
 from __future__ import annotations
 
+import json
 import shlex
 from typing import Any
 
@@ -41,6 +42,9 @@ def knob_flags(knobs: dict[str, Any]) -> list[str]:
             flags += [f"--{name.replace('_', '-')}", str(knobs[name])]
     if "block_size" in knobs:  # no default to leave out: the platform's differs (GPU 16, CPU 128)
         flags += ["--block-size", str(knobs["block_size"])]
+    if knobs.get("num_speculative_tokens", 0):  # vLLM requires > 0; 0 here: no speculation
+        spec = {"method": "ngram", "num_speculative_tokens": knobs["num_speculative_tokens"]}
+        flags += ["--speculative-config", json.dumps(spec)]
     return flags
 
 
@@ -68,6 +72,7 @@ def simulated_only(knobs: dict[str, Any]) -> dict[str, Any]:
     launched = {"quantization", "max_num_seqs", "max_num_batched_tokens", "max_model_len"}
     launched |= {"gpu_memory_utilization", "kv_cache_dtype", "long_prefill_token_threshold"}
     launched |= {"scheduling_policy", "tensor_parallel_size", "data_parallel_size", "block_size"}
+    launched.add("num_speculative_tokens")
     launched |= set(BOOL_FLAGS)
     return {k: v for k, v in knobs.items() if k not in launched}
 

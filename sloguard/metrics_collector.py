@@ -253,8 +253,19 @@ PREFIX_QUERIES = "vllm:prefix_cache_queries_total"
 PREFIX_HITS = "vllm:prefix_cache_hits_total"
 PROMPT_TOKENS = "vllm:prompt_tokens_total"
 GENERATION_TOKENS = "vllm:generation_tokens_total"
+# speculative decoding (a server launched with --speculative-config only)
+SPEC_DRAFT_TOKENS = "vllm:spec_decode_num_draft_tokens_total"
+SPEC_ACCEPTED_TOKENS = "vllm:spec_decode_num_accepted_tokens_total"
 _GAUGES = (KV_USAGE, RUNNING, WAITING)
-_COUNTERS = (PREEMPTIONS, PREFIX_QUERIES, PREFIX_HITS, PROMPT_TOKENS, GENERATION_TOKENS)
+_COUNTERS = (
+    PREEMPTIONS,
+    PREFIX_QUERIES,
+    PREFIX_HITS,
+    PROMPT_TOKENS,
+    GENERATION_TOKENS,
+    SPEC_DRAFT_TOKENS,
+    SPEC_ACCEPTED_TOKENS,
+)
 
 _STARTUP_PATTERNS: dict[str, re.Pattern[str]] = {
     "kv_cache_tokens": re.compile(r"KV cache size: ([\d,]+) tokens"),
@@ -300,7 +311,8 @@ class ServerMetrics:
     after: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, float]:
-        """Figures for the trial: preemptions, prefix-cache hit rate, KV and queue peaks."""
+        """Figures for the trial: preemptions, prefix-cache hit rate, speculation's acceptance,
+        KV and queue peaks."""
         out: dict[str, float] = {}
         if self.before and self.after:
 
@@ -312,6 +324,12 @@ class ServerMetrics:
             out["server_generation_tokens"] = delta(GENERATION_TOKENS)
             queries = delta(PREFIX_QUERIES)
             out["prefix_cache_hit_rate"] = delta(PREFIX_HITS) / queries if queries > 0 else 0.0
+            if SPEC_DRAFT_TOKENS in self.after:  # the share of drafted tokens accepted
+                drafted = delta(SPEC_DRAFT_TOKENS)
+                out["spec_draft_tokens"] = drafted
+                out["spec_acceptance_rate"] = (
+                    delta(SPEC_ACCEPTED_TOKENS) / drafted if drafted > 0 else 0.0
+                )
         scrapes = [*self.samples, self.after] if self.after else self.samples
         if scrapes:
             for name, key in ((KV_USAGE, "peak_kv_usage"), (RUNNING, "max_running")):

@@ -35,6 +35,7 @@ ENGINE_EXTRAS: tuple[str, ...] = (
     "tensor_parallel_size",
     "data_parallel_size",
     "block_size",
+    "num_speculative_tokens",
 )
 # the simulator's serving choices, knobs of the space only where the space gives them
 SERVING_KNOBS: tuple[str, ...] = ("scheduler", "replicas", "router", "spec_decode")

@@ -71,6 +71,16 @@ def test_defaults_are_the_seed_setting(compose) -> None:
             "space.tensor_parallel_size has 0; each must be in [1, 1024]",
         ),
         ("space.block_size=[16,0]", "space.block_size has 0; each must be in [1, 4096]"),
+        (
+            "space.num_speculative_tokens=[0,17]",
+            "space.num_speculative_tokens has 17; each must be in [0, 16] (0: no speculation)",
+        ),
+        (
+            "space.num_speculative_tokens=[0,4] space.spec_decode=[false,true]",
+            "space.num_speculative_tokens is vLLM's own n-gram speculation; it cannot be "
+            "combined with the simulator's draft-model speculation",
+        ),
+        ("knobs.num_speculative_tokens=-1", "knobs.num_speculative_tokens=-1 is invalid"),
         ("hardware.block_size_multiple=0", "hardware.block_size_multiple=0 is invalid"),
         (
             "hardware.platform=tpu",

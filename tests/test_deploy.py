@@ -39,6 +39,12 @@ def test_a_serve_line_a_user_can_paste() -> None:
     # searched, the block size is always written: the platform's default differs (16 / 128)
     assert serve_command("m", {**KNOBS, "block_size": 16}).endswith("--block-size 16")
     assert "block" not in serve_command("m", KNOBS)
+    # n-gram speculation, as vLLM takes it: one JSON argument; 0 is none (vLLM refuses 0)
+    spec = serve_command("m", {**KNOBS, "num_speculative_tokens": 3})
+    assert spec.endswith(
+        """--speculative-config '{"method": "ngram", "num_speculative_tokens": 3}'"""
+    )
+    assert "speculative" not in serve_command("m", {**KNOBS, "num_speculative_tokens": 0})
 
 
 def test_the_config_file_has_vllms_flag_names() -> None:
@@ -57,6 +63,8 @@ def test_the_config_file_has_vllms_flag_names() -> None:
     assert ranked[1].startswith('# clients send each request\'s "priority"')
     assert ranked[-1] == "scheduling-policy: priority"
     assert serve_config({**KNOBS, "block_size": 64}).splitlines()[-1] == "block-size: 64"
+    spec = serve_config({**KNOBS, "num_speculative_tokens": 2}).splitlines()[-1]
+    assert spec == 'speculative-config: {"method": "ngram", "num_speculative_tokens": 2}'
 
 
 def test_the_simulators_own_choices_are_named_apart() -> None:
@@ -65,6 +73,7 @@ def test_the_simulators_own_choices_are_named_apart() -> None:
     assert simulated_only({**KNOBS, "scheduling_policy": "priority"}) == {}
     assert simulated_only({**KNOBS, "tensor_parallel_size": 2}) == {}
     assert simulated_only({**KNOBS, "block_size": 32}) == {}
+    assert simulated_only({**KNOBS, "num_speculative_tokens": 4}) == {}
     assert simulated_only({**KNOBS, "scheduler": "slos-serve", "replicas": 2}) == {
         "scheduler": "slos-serve",
         "replicas": 2,

@@ -123,6 +123,24 @@ def test_parse_metrics_sums_engines_counts_and_takes_the_fullest_kv_cache() -> N
     assert parse_metrics(text) == {PREEMPTIONS: 7.0, KV_USAGE: 0.8, RUNNING: 7.0}
 
 
+def test_speculations_acceptance_is_accepted_over_drafted_tokens_in_the_window() -> None:
+    def scrape(drafted: float, accepted: float) -> dict[str, float]:
+        return parse_metrics(
+            "# TYPE vllm:spec_decode_num_draft_tokens counter\n"
+            f'vllm:spec_decode_num_draft_tokens_total{{engine="0",model_name="m"}} {drafted}\n'
+            "# TYPE vllm:spec_decode_num_accepted_tokens counter\n"
+            f'vllm:spec_decode_num_accepted_tokens_total{{engine="0",model_name="m"}} {accepted}\n'
+            "# TYPE vllm:spec_decode_num_accepted_tokens_per_pos counter\n"
+            'vllm:spec_decode_num_accepted_tokens_per_pos_total{engine="0",position="0"} 99.0\n'
+        )
+
+    s = ServerMetrics(before=scrape(100, 40), after=scrape(300, 190)).summary()
+    assert s["spec_draft_tokens"] == 200 and s["spec_acceptance_rate"] == 0.75
+    idle = ServerMetrics(before=scrape(300, 190), after=scrape(300, 190)).summary()
+    assert idle["spec_draft_tokens"] == 0 and idle["spec_acceptance_rate"] == 0.0
+    assert "spec_acceptance_rate" not in ServerMetrics(before={RUNNING: 1}, after={}).summary()
+
+
 def test_server_metrics_deltas_peaks_and_hit_rate() -> None:
     metrics = ServerMetrics(
         before={PREEMPTIONS: 5, PREFIX_QUERIES: 100, PREFIX_HITS: 10, GENERATION_TOKENS: 0},

@@ -88,6 +88,8 @@ class EngineRun:
     mean_batch_tokens: float
     prefix_cache_hit_rate: float
     replicas: list[ReplicaStats] = field(default_factory=list)
+    spec_draft_tokens: int = 0  # tokens speculated, and of those accepted
+    spec_accepted_tokens: int = 0
     stopped: str | None = None  # why the load stopped once its attainment target was lost
 
 
@@ -387,6 +389,8 @@ def _summary(reqs: Requests, client: _Client, engines: list[Engine]) -> EngineRu
         prefix_cache_hit_rate=sum(e.prefix_hits for e in engines) / queries if queries else 0.0,
         replicas=stats,
         stopped=client.stopped,
+        spec_draft_tokens=reqs.spec_drafted,
+        spec_accepted_tokens=reqs.spec_accepted,
     )
 
 

@@ -91,6 +91,7 @@ class Requests:
         self.hits, self.pubs = _prefix_keys(workload, self.block_size)
         self.pub_at = [p[0][0] if p else math.inf for p in self.pubs]  # next publication
         self._rng = random.Random(self.seed)
+        self.spec_drafted = self.spec_accepted = 0
         rate = self.acceptance_rate
         self._log_rate = math.log(rate) if 0.0 < rate < 1.0 else -math.inf  # see accepted
         # the lists a step reads, in one tuple: one attribute load in the hot loops
@@ -101,12 +102,16 @@ class Requests:
         return -(-(self.prompt[rid] + self.target[rid]) // self.block_size)
 
     def accepted(self, spec: int) -> int:
-        """How many of ``spec`` speculated tokens the target model accepts (a fresh draw)."""
-        rate = self.acceptance_rate
-        if rate >= 1.0:
-            return spec
-        u = 1.0 - self._rng.random()  # in (0, 1]
-        return min(spec, int(math.log(u) / self._log_rate))
+        """How many of ``spec`` speculated tokens the target model accepts (a fresh draw,
+        counted in ``spec_drafted`` and ``spec_accepted`` as vLLM's counters count them)."""
+        self.spec_drafted += spec
+        if self.acceptance_rate >= 1.0:
+            kept = spec
+        else:
+            u = 1.0 - self._rng.random()  # in (0, 1]
+            kept = min(spec, int(math.log(u) / self._log_rate))
+        self.spec_accepted += kept
+        return kept
 
 
 def _prefix_keys(

@@ -84,13 +84,20 @@ class SimBackend(BaseBackend):
         data-parallel size runs that many engines behind vLLM's balancer)."""
         backend = self.settings.backend
         spec = backend.spec_decode
+        if "num_speculative_tokens" in config:  # vLLM's n-gram drafts: looked up, not computed
+            tokens = int(config["num_speculative_tokens"])
+            spec = dataclasses.replace(
+                spec, enabled=tokens > 0, max_tokens=max(tokens, 1), draft_ratio=0.0
+            )
+        else:
+            spec = dataclasses.replace(spec, enabled=bool(config.get("spec_decode", spec.enabled)))
         data_parallel = int(config.get("data_parallel_size", 1)) > 1  # vLLM's own balancer
         return ServingSettings(
             scheduler=config.get("scheduler", backend.scheduler),
             replicas=self._engines(config),
             router="dp-balance" if data_parallel else config.get("router", backend.router),
             soft_admission=backend.soft_admission,
-            spec=dataclasses.replace(spec, enabled=bool(config.get("spec_decode", spec.enabled))),
+            spec=spec,
             ttft_ms=slo.ttft_ms,
             tpot_ms=slo.itl_ms,
         )
@@ -147,6 +154,11 @@ class SimBackend(BaseBackend):
             sim_wall_s=round(time.perf_counter() - wall, 4),
             **_serving_metrics(run),
         )
+        if run.spec_draft_tokens:  # as a real server's /metrics counts them
+            server.update(
+                spec_draft_tokens=run.spec_draft_tokens,
+                spec_acceptance_rate=round(run.spec_accepted_tokens / run.spec_draft_tokens, 4),
+            )
         if run.stopped is not None and stop is not None:  # as a real load stopped then
             ended = [r for r in run.records if not (r.error or "").startswith(ABORT_ERROR)]
             result = build_result(

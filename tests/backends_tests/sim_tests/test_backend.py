@@ -126,6 +126,27 @@ def test_a_data_parallel_server_runs_its_engines_behind_vllms_balancer(evaluate,
     assert four.metrics["ttft_p99_ms"] < one.metrics["ttft_p99_ms"]
 
 
+SPEC = ("space.num_speculative_tokens=[0,3]",)
+
+
+def test_ngram_speculation_verifies_drafts_that_cost_no_model_step(evaluate, compose) -> None:
+    cfg = compose(*SPEC)
+    backend, slo = create_backend(cfg), slo_from_config(cfg)
+    serving = backend.serving({"num_speculative_tokens": 3}, slo)
+    assert serving.spec.enabled and serving.spec.max_tokens == 3 and serving.spec.draft_ratio == 0
+    assert not backend.serving({"num_speculative_tokens": 0}, slo).spec.enabled
+    light = ("workload.concurrency=2", *SPEC)  # two users: memory-bound decode steps
+    off, on = (evaluate(*light, num_speculative_tokens=n) for n in (0, 3))
+    assert off.metrics == evaluate(*light).metrics and "spec_draft_tokens" not in off.server
+    assert on.metrics["completed"] == off.metrics["completed"]
+    assert on.server["num_steps"] < 0.6 * off.server["num_steps"]
+    assert on.metrics["e2el_p50_ms"] < 0.6 * off.metrics["e2el_p50_ms"]
+    # vLLM's counters: accepted / drafted; three drafts each kept with 0.7 while all before are
+    expected = (0.7 + 0.7**2 + 0.7**3) / 3
+    assert on.server["spec_acceptance_rate"] == pytest.approx(expected, abs=0.02)
+    assert on.server["spec_draft_tokens"] > 0
+
+
 @pytest.mark.parametrize(
     "overrides",
     [("workload=chatbot",), ("model=llama-3.1-8b", "hardware=l4-24gb", "workload=summarization")],

@@ -495,8 +495,11 @@ def test_vllm_reads_the_best_config_file_as_the_flags(vllm_python, tmp_path) -> 
     knobs = {**KNOBS, "gpu_memory_utilization": 0.8655369, "enable_chunked_prefill": False,
              "kv_cache_dtype": "fp8", "long_prefill_token_threshold": 512,
              "scheduling_policy": "priority", "tensor_parallel_size": 2,
-             "data_parallel_size": 2, "block_size": 32}  # fmt: skip
+             "data_parallel_size": 2, "block_size": 32,
+             "num_speculative_tokens": 3}  # fmt: skip
     (tmp_path / "best.yaml").write_text(serve_config(knobs))
+    # one engine argument holds the speculation: vLLM's JSON speculative_config
+    engine_args = [k for k in knobs if k != "num_speculative_tokens"] + ["speculative_config"]
     script = (
         "import json, sys\n"
         "from vllm.utils.argparse_utils import FlexibleArgumentParser\n"
@@ -508,7 +511,7 @@ def test_vllm_reads_the_best_config_file_as_the_flags(vllm_python, tmp_path) -> 
     )
     proc = subprocess.run(
         [str(vllm_python), "-c", script, json.dumps(knob_flags(knobs)),
-         str(tmp_path / "best.yaml"), json.dumps(list(knobs))],
+         str(tmp_path / "best.yaml"), json.dumps(engine_args)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -520,3 +523,21 @@ def test_vllm_reads_the_best_config_file_as_the_flags(vllm_python, tmp_path) -> 
     assert from_file["scheduling_policy"] == "priority"
     assert from_file["tensor_parallel_size"] == 2 and from_file["data_parallel_size"] == 2
     assert from_file["block_size"] == 32
+    assert from_file["speculative_config"] == {"method": "ngram", "num_speculative_tokens": 3}
+
+
+@pytest.mark.vllm
+def test_ngram_speculation_runs_and_reports_its_acceptance(compose, vllm_python, tmp_path) -> None:
+    """vLLM's CPU build serves with n-gram drafts; the trial reads its counters off /metrics."""
+    backend, workload, slo = _backend(compose, "space.num_speculative_tokens=[0,2]")
+    log = tmp_path / "server.log"
+    result = backend.evaluate(
+        {**KNOBS, "num_speculative_tokens": 2}, workload, slo, seed=0, log_path=log
+    )
+    assert result.crash is None and result.metrics["completed"] == len(workload)
+    assert "SpeculativeConfig(method='ngram', model=None, num_spec_tokens=2)" in log.read_text()
+    drafted, rate = result.server["spec_draft_tokens"], result.server["spec_acceptance_rate"]
+    assert drafted >= 0 and 0.0 <= rate <= 1.0
+    plain = backend.evaluate(KNOBS, workload, slo, seed=0, log_path=tmp_path / "plain.log")
+    assert plain.crash is None and "spec_draft_tokens" not in plain.server
+    assert_group_gone(backend.last_server.pgid)
