@@ -146,6 +146,8 @@ def summarize(
     threshold = (1.0 + delta) * best
     worst = float(trials[latency].max()) if trials[latency].notna().any() else math.nan
     capacity = tuple(m for m in CAPACITY_METRICS if m in trials and bool(trials[m].notna().any()))
+    if names.TARGET_PER_GPU in capacity:  # searched only up to the target: ties, not a ranking
+        capacity = tuple(m for m in capacity if m != names.CAPACITY)
     rows = []
     for (optimizer, seed, name), group in trials.groupby(["optimizer", "seed", "study_name"]):
         rows.append(

@@ -62,6 +62,10 @@ class CapacitySearch:
         max_probes: Stop after this many loads.
         target: Share of requests that must meet their SLOs for a rate to pass.
         stop_early: Stop a load once its failure is certain and cannot change the search.
+        serve_rps: A rate to serve with copies of the configuration (``objective=
+            gpus_for_rate``): the search then bisects over the rates at which one more or one
+            fewer copy serves it, so the copies needed come out exact, and never probes above
+            it.
     """
 
     start_rps: float
@@ -71,6 +75,7 @@ class CapacitySearch:
     max_probes: int = 10
     target: float = 0.9
     stop_early: bool = True
+    serve_rps: float | None = None
 
     @classmethod
     def from_config(cls, cfg: DictConfig, workload: Workload) -> CapacitySearch:
@@ -81,9 +86,8 @@ class CapacitySearch:
         cap = cfg.capacity
         spread = workload.num_first / (0.5 * cfg.backend.timeout_s)  # slowest rate that can end
         drawn = cfg.workload.arrival in ("poisson", "gamma")
-        top = cap.max_rps
-        if cfg.objective == "gpus_for_rate":  # passing the target: one server is enough
-            top = min(top, cap.target_rps)
+        serve = cap.target_rps if cfg.objective == "gpus_for_rate" else None
+        top = cap.max_rps if serve is None else min(cap.max_rps, serve)  # one server is enough
         return cls(
             start_rps=cfg.workload.request_rate if drawn else workload.offered_rate(),
             min_rps=min(max(cap.min_rps, spread), top),
@@ -92,6 +96,7 @@ class CapacitySearch:
             max_probes=cap.max_probes,
             target=cfg.slo.attainment_target,
             stop_early=cap.stop_early,
+            serve_rps=serve,
         )
 
     def next_rate(self, probes: Sequence[Probe]) -> float | None:
@@ -116,6 +121,8 @@ class CapacitySearch:
         high = min(failed, default=None)
         if high is None:
             return None if low >= self.max_rps else min(low * 2.0, self.max_rps)
+        if self.serve_rps is not None:
+            return _copies_threshold(self.serve_rps, low, high)
         return None if high <= low * (1.0 + self.rel_tol) else math.sqrt(low * high)
 
     def passes(self, share: float) -> bool:
@@ -135,6 +142,27 @@ class CapacitySearch:
         if any(self._passed(p) for p in probes):
             return 0.0
         return _KEPT_UP * _span(workload, rate)
+
+
+def copies_needed(serve_rps: float, capacity: float) -> int:
+    """Copies of a server with ``capacity`` that together serve ``serve_rps`` (each taking an
+    equal share of the arrivals); a rate probed at exactly ``serve_rps / k`` needs ``k``."""
+    return math.ceil(serve_rps / capacity * (1.0 - 1e-12))
+
+
+def _copies_threshold(serve_rps: float, low: float, high: float) -> float | None:
+    """The rate ``serve_rps / k`` strictly between a passing ``low`` and a failing ``high``
+    nearest their geometric middle; ``None`` when there is none (the copies are then known)."""
+    middle = math.sqrt(low * high)
+    ideal = serve_rps / middle
+    near = {math.floor(ideal), math.ceil(ideal)}
+    ends = {math.floor(serve_rps / high) + 1, math.ceil(serve_rps / low) - 1}
+    inside = [
+        k for k in near | ends if k >= 1 and low * (1 + 1e-9) < serve_rps / k < high * (1 - 1e-9)
+    ]
+    if not inside:
+        return None
+    return serve_rps / min(inside, key=lambda k: abs(math.log(serve_rps / k / middle)))
 
 
 def attainment(result: TrialResult) -> float:
@@ -254,7 +282,7 @@ def gpus_for_rate(result: TrialResult, gpus: int, target_rps: float) -> TrialRes
     if capacity <= 0:
         result.metrics["target_per_gpu_rps"] = 0.0
         return result
-    replicas = math.ceil(target_rps / capacity - 1e-9)
+    replicas = copies_needed(target_rps, capacity)
     needed = gpus * replicas
     result.metrics.update(
         replicas_needed=float(replicas),

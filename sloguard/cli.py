@@ -64,8 +64,8 @@ print its result as JSON: metrics, crash (if any) and the server's figures. Noth
                      gpu_memory_utilization, max_model_len, enforce_eager,
                      enable_chunked_prefill, enable_prefix_caching; kv_cache_dtype,
                      long_prefill_token_threshold, scheduling_policy,
-                     tensor_parallel_size, data_parallel_size and block_size where the
-                     space lists their choices
+                     tensor_parallel_size, data_parallel_size, block_size and
+                     num_speculative_tokens where the space lists their choices
 
 examples:
   sloguard evaluate knobs.max_num_seqs=32 knobs.enforce_eager=true

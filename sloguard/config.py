@@ -399,8 +399,10 @@ class CapacityConfig:
     stops once it certainly fails and its exact attainment cannot change the search: once a
     rate has passed, or once it has certainly fallen behind its arrivals.
 
-    ``objective=gpus_for_rate`` needs ``target_rps``, the request rate the deployment must serve;
-    its searches stop at that rate (one server that passes it needs no more GPUs).
+    ``objective=gpus_for_rate`` needs ``target_rps``, the request rate the deployment must serve
+    (at most ``max_rps``). Its searches never go above it (one server that passes it needs no
+    more GPUs), and bisect over the rates at which one copy fewer would do, instead of to
+    ``rel_tol``, so the copies needed are exact.
     """
 
     min_rps: float = num(0.05, gt=0)
@@ -585,26 +587,23 @@ def _check_serving(backend: DictConfig, space: DictConfig) -> None:
     for replicas in space.replicas:
         if not 1 <= replicas <= 64:
             raise ConfigError(f"space.replicas has {replicas}; each must be in [1, 64]")
-    for name, most in (
-        ("tensor_parallel_size", 1024),
-        ("data_parallel_size", 1024),
-        ("block_size", MAX_BLOCK_SIZE),
+    for name, least, most, note in (
+        ("tensor_parallel_size", 1, 1024, ""),
+        ("data_parallel_size", 1, 1024, ""),
+        ("block_size", 1, MAX_BLOCK_SIZE, ""),
+        ("num_speculative_tokens", 0, MAX_SPEC_TOKENS, " (0: no speculation)"),
     ):
         for size in space[name]:
-            if not 1 <= size <= most:
-                raise ConfigError(f"space.{name} has {size}; each must be in [1, {most}]")
+            if not least <= size <= most:
+                raise ConfigError(
+                    f"space.{name} has {size}; each must be in [{least}, {most}]{note}"
+                )
     if space.data_parallel_size and (space.replicas or space.router or backend.replicas != 1):
         raise ConfigError(
             "space.data_parallel_size is vLLM's own engines behind its balancer; it cannot be "
             "combined with the simulator's replicas and router (space.replicas, space.router, "
             "backend.replicas): give one or the other"
         )
-    for tokens in space.num_speculative_tokens:
-        if not 0 <= tokens <= MAX_SPEC_TOKENS:
-            raise ConfigError(
-                f"space.num_speculative_tokens has {tokens}; each must be in "
-                f"[0, {MAX_SPEC_TOKENS}] (0: no speculation)"
-            )
     if space.num_speculative_tokens and (space.spec_decode or backend.spec_decode.enabled):
         raise ConfigError(
             "space.num_speculative_tokens is vLLM's own n-gram speculation; it cannot be "
@@ -629,8 +628,9 @@ def _check_serving(backend: DictConfig, space: DictConfig) -> None:
     if asked:
         raise ConfigError(
             f"{asked[0]} is the simulator's: a real vLLM server cannot change its scheduler, "
-            f"replicas, router or speculation from here; use backend=sim, or leave it at "
-            f"scheduler=vllm, replicas=1, spec_decode.enabled=false and out of the space"
+            f"replicas, router or draft-model speculation from here; use backend=sim, or leave it "
+            f"at scheduler=vllm, replicas=1, spec_decode.enabled=false and out of the space "
+            f"(vLLM's own n-gram speculation is space.num_speculative_tokens)"
         )
 
 
@@ -779,6 +779,11 @@ def _check_capacity(cfg: DictConfig) -> None:
         raise ConfigError(
             "objective=gpus_for_rate needs capacity.target_rps, the request rate to serve "
             "(req/s, > 0), e.g. capacity.target_rps=40"
+        )
+    if cfg.objective == "gpus_for_rate" and cap.target_rps > cap.max_rps:
+        raise ConfigError(
+            f"capacity.target_rps={cap.target_rps} is above capacity.max_rps={cap.max_rps}, the "
+            "highest rate a search tries; raise capacity.max_rps to at least the target"
         )
     if cap.max_rps < cap.min_rps:
         raise ConfigError(

@@ -67,10 +67,12 @@ def simulate_prior(cfg: DictConfig) -> Prior | None:
 
 
 def _on_simulator(cfg: DictConfig) -> DictConfig:
-    """``cfg`` with the ``sim`` backend in place of the study's."""
+    """``cfg`` with the ``sim`` backend in place of the study's (its speculation settings kept:
+    they say how often the real server's drafts are accepted)."""
     sim = OmegaConf.merge(
         OmegaConf.structured(BackendConfig), OmegaConf.load(CONF_DIR / "backend" / "sim.yaml")
     )
+    sim.spec_decode = copy.deepcopy(cfg.backend.spec_decode)
     sim_cfg = copy.deepcopy(cfg)
     with open_dict(sim_cfg):
         sim_cfg.backend = sim

@@ -199,7 +199,7 @@ def _capacity_words(m: dict[str, float], target_rps: float | None) -> str:
     words = f"capacity {m['capacity_rps']:.2f} req/s"
     if "capacity_per_gpu_rps" in m:
         words += f" ({m['capacity_per_gpu_rps']:.2f} per GPU on {m['gpus']:.0f})"
-    if "gpus_needed" in m:
+    if "gpus_needed" in m:  # names.GPUS_NEEDED: sloguard.tracking loads MLflow, kept out here
         copies = int(m["replicas_needed"])
         words += (
             f" on {m['gpus']:.0f} GPU(s): {m['gpus_needed']:.0f} GPUs serve {target_rps:g} req/s "

@@ -170,15 +170,33 @@ def test_gpus_for_a_rate_are_enough_replicas_of_the_layout(tp: int, dp: int) -> 
         [*FOUR_L4, *knobs, "objective=gpus_for_rate", f"capacity.target_rps={target:g}"]
     )
     m = out["metrics"]
-    rates = [m[f"capacity/probe_{i}/rate_rps"] for i in range(int(m["capacity_probes"]))]
-    assert max(rates) <= target  # one server passing the target needs no more GPUs
-    # searched up to the target, the capacity is the whole search's within its tolerance
-    assert m["capacity_rps"] == pytest.approx(min(whole["capacity_rps"], target), rel=0.11)
-    replicas = math.ceil(target / m["capacity_rps"] - 1e-9)
-    assert m["gpus"] == tp * dp and m["replicas_needed"] == replicas
-    assert m["gpus_needed"] == tp * dp * replicas and out["feasible"]
+    probes = [
+        (m[f"capacity/probe_{i}/rate_rps"], m[f"capacity/probe_{i}/attainment"] >= 0.9
+         and not m.get(f"capacity/probe_{i}/stopped_early"))
+        for i in range(int(m["capacity_probes"]))
+    ]  # fmt: skip
+    assert max(rate for rate, _ in probes) <= target  # one server passing it needs no more GPUs
+    # the copies are exact: k serve the target (a rate of target / k passed), k - 1 do not
+    k = int(m["replicas_needed"])
+    assert any(ok and rate >= target / k * (1 - 1e-9) for rate, ok in probes)
+    if k > 1:
+        assert any(not ok and rate <= target / (k - 1) * (1 + 1e-9) for rate, ok in probes)
+    # never more than the whole capacity search says (it stops within its 10% tolerance)
+    assert k <= math.ceil(target / whole["capacity_rps"])
+    assert m["gpus"] == tp * dp and m["gpus_needed"] == tp * dp * k and out["feasible"]
     per = m["target_per_gpu_rps"]
-    assert out["utility"] == per == pytest.approx(target / (tp * dp * replicas))
+    assert out["utility"] == per == pytest.approx(target / (tp * dp * k))
+
+
+def test_a_gpus_for_rate_search_bisects_over_the_rates_one_copy_fewer_would_need() -> None:
+    search = CapacitySearch(start_rps=40.0, max_rps=40.0, serve_rps=40.0)
+    probes = [Probe(40.0, 0.5, True), Probe(20.0, 0.6, True), Probe(10.0, 0.95, True)]
+    assert search.next_rate(probes) == pytest.approx(40 / 3)  # 3 copies, or 4?
+    assert search.next_rate([*probes, Probe(40 / 3, 0.95, True)]) is None  # 3 (20 failed)
+    assert search.next_rate([*probes, Probe(40 / 3, 0.5, True)]) is None  # 4
+    assert search.next_rate([Probe(40.0, 0.95, True)]) is None  # one server serves it
+    wide = [Probe(40.0, 0.5, True), Probe(1.0, 0.95, True)]  # 2 to 40 copies: the middle
+    assert search.next_rate(wide) == pytest.approx(40 / 6)
 
 
 def test_gpus_for_a_rate_count_whole_replicas_and_none_without_capacity() -> None:
@@ -232,6 +250,9 @@ def test_a_server_that_fails_before_any_load_is_the_trials_crash() -> None:
          "objective=capacity_per_gpu needs open-loop arrivals"),
         (["objective=gpus_for_rate", "workload=chatbot"],
          "objective=gpus_for_rate needs capacity.target_rps, the request rate to serve"),
+        (["objective=gpus_for_rate", "workload=chatbot", "capacity.target_rps=2000"],
+         "capacity.target_rps=2000.0 is above capacity.max_rps=1000.0, the highest rate a "
+         "search tries; raise capacity.max_rps"),
         (["objective=gpus_for_rate", "workload=chatbot", "capacity.target_rps=0"],
          "capacity.target_rps=0.0 is invalid; it must be a finite number > 0"),
         (["objective=capacity", "workload=chatbot", "capacity.max_rps=0.01"],

@@ -56,7 +56,7 @@ def test_evaluate_rejects_an_unknown_knob(study_env, tmp_path: Path) -> None:
         "gpu_memory_utilization, max_model_len, enforce_eager, "
         "enable_chunked_prefill, enable_prefix_caching, kv_cache_dtype, "
         "long_prefill_token_threshold, scheduling_policy, tensor_parallel_size, "
-        "data_parallel_size, block_size"
+        "data_parallel_size, block_size, num_speculative_tokens"
     )
 
 

@@ -46,6 +46,15 @@ def test_the_prior_runs_on_the_simulator_whatever_the_study_s_backend(compose) -
     assert prior.top
 
 
+def test_the_prior_speculates_with_the_studys_acceptance_rate(compose) -> None:
+    from sloguard.prior import _on_simulator
+
+    cfg = compose("prior=sim", "backend=vllm-cpu", "model=tiny-random", "hardware=cpu",
+                  "space=cpu-small", "backend.spec_decode.acceptance_rate=0.35")  # fmt: skip
+    sim = _on_simulator(cfg).backend
+    assert sim.name == "sim" and sim.spec_decode.acceptance_rate == 0.35
+
+
 def test_a_study_with_the_prior_starts_with_its_top_configurations(compose, study_env) -> None:
     cfg = compose(*SMALL, "prior=sim", "optimizer=tba-tpe", "budget=5", "prior.top_k=2")
     prior = simulate_prior(cfg)

@@ -356,7 +356,8 @@ class StudyTracker:
     def log_progress(self, points: list[ProgressPoint], objective: str) -> None:
         """Study-level curves, one point per trial (step = trial number).
 
-        The best utility is logged as ``best_<objective>`` (goodput, or capacity in req/s).
+        The best utility is logged as ``best_<objective>`` (goodput; capacity, per GPU, or the
+        target rate over the GPUs it takes, in req/s).
         """
         metrics = []
         for p in points:

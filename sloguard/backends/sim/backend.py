@@ -133,6 +133,7 @@ class SimBackend(BaseBackend):
             return build_result(config, slo, crash=crash, server=server)
         rng = np.random.default_rng(seed)
         stop = _stop(workload, slo)
+        serving = self.serving(config, slo)
         run = run_engine(
             workload,
             EngineSettings.of(config, plan.num_blocks, plan.block_size),
@@ -141,7 +142,7 @@ class SimBackend(BaseBackend):
             backend.timeout_s,
             arrival_delay_s=hw.request_overhead_ms * 1e-3,
             arrival_delay_per_running_s=hw.stream_overhead_ms * 1e-3,
-            serving=self.serving(config, slo),
+            serving=serving,
             seed=seed,
             stop=stop,
         )
@@ -154,11 +155,10 @@ class SimBackend(BaseBackend):
             sim_wall_s=round(time.perf_counter() - wall, 4),
             **_serving_metrics(run),
         )
-        if run.spec_draft_tokens:  # as a real server's /metrics counts them
-            server.update(
-                spec_draft_tokens=run.spec_draft_tokens,
-                spec_acceptance_rate=round(run.spec_accepted_tokens / run.spec_draft_tokens, 4),
-            )
+        if serving.spec.enabled:  # as a real server's /metrics counts them
+            drafted = run.spec_draft_tokens
+            rate = run.spec_accepted_tokens / drafted if drafted else 0.0
+            server.update(spec_draft_tokens=drafted, spec_acceptance_rate=round(rate, 4))
         if run.stopped is not None and stop is not None:  # as a real load stopped then
             ended = [r for r in run.records if not (r.error or "").startswith(ABORT_ERROR)]
             result = build_result(

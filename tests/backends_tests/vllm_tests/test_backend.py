@@ -537,7 +537,7 @@ def test_ngram_speculation_runs_and_reports_its_acceptance(compose, vllm_python,
     assert result.crash is None and result.metrics["completed"] == len(workload)
     assert "SpeculativeConfig(method='ngram', model=None, num_spec_tokens=2)" in log.read_text()
     drafted, rate = result.server["spec_draft_tokens"], result.server["spec_acceptance_rate"]
-    assert drafted >= 0 and 0.0 <= rate <= 1.0
+    assert drafted > 0 and 0.0 <= rate <= 1.0  # the tiny random model repeats itself
     plain = backend.evaluate(KNOBS, workload, slo, seed=0, log_path=tmp_path / "plain.log")
     assert plain.crash is None and "spec_draft_tokens" not in plain.server
     assert_group_gone(backend.last_server.pgid)
