@@ -27,7 +27,9 @@ STUDIES = {
 }
 
 
-def _log(tmp_path: Path, comparison: str = "cmp", capacity: bool = False) -> str:
+def _log(
+    tmp_path: Path, comparison: str = "cmp", capacity: bool = False, for_rate: bool = False
+) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
     exp = client.create_experiment("stats", artifact_location=str(tmp_path / "art"))
@@ -59,7 +61,8 @@ def _log(tmp_path: Path, comparison: str = "cmp", capacity: bool = False) -> str
                 if capacity:  # an objective=capacity_per_gpu study, on n + 1 GPUs
                     client.log_metric(trial, "capacity_rps", 1e4 / latency)
                     client.log_metric(trial, "capacity_per_gpu_rps", 1e4 / latency / (n + 1))
-                    # as objective=gpus_for_rate scores it: 10 req/s over n + 1 GPUs
+                if for_rate:  # an objective=gpus_for_rate study: 10 req/s over n + 1 GPUs
+                    client.log_metric(trial, "capacity_rps", 10.0)  # searched up to the target
                     client.log_metric(trial, "target_per_gpu_rps", 10.0 / (n + 1))
     # a study of another comparison must be ignored
     client.create_run(
@@ -141,9 +144,19 @@ def test_capacity_studies_compare_their_best_capacity(tmp_path: Path) -> None:
     assert per[("tba-tpe", 2)]["best_capacity_per_gpu_rps"] == pytest.approx(1e4 / 530.0)
     assert per[("random", 3)]["best_capacity_per_gpu_rps"] == 0.0
     assert "| Best capacity per GPU (req/s) |" in format_table(s)
+    assert "best_target_per_gpu_rps" not in s["tests"]
+
+
+def test_gpus_for_rate_studies_compare_the_target_per_gpu_needed(tmp_path: Path) -> None:
+    _, trials = load_comparison("cmp", tracking_uri=_log(tmp_path, for_rate=True))
+    s = summarize(trials, "random", "tba-tpe", latency="e2el_p50_ms", delta=0.05)
+    per = {(r["optimizer"], r["seed"]): r for r in s["studies"]}
     assert per[("tba-tpe", 3)]["best_target_per_gpu_rps"] == 10.0  # fewest GPUs: its first
     assert per[("random", 3)]["best_target_per_gpu_rps"] == 0.0
     assert "| Best target rate per GPU needed (req/s) |" in format_table(s)
+    # every capacity is the target (the search stops there): no capacity row to rank by
+    assert "best_capacity_rps" not in s["tests"]
+    assert "| Best capacity (req/s)" not in format_table(s)
 
 
 def test_goodput_studies_report_no_capacity(tmp_path: Path) -> None:
