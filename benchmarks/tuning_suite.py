@@ -381,7 +381,7 @@ def main() -> None:
     for cutoff in (c for c in CUTOFFS if c <= args.budget):
         table = compare(scores, cutoff, args.recommended)
         out["summary"][cutoff] = table
-        _print_summary(table, cutoff, len(scores), args.seeds, args.recommended)
+        print_summary(table, cutoff, len(scores), args.seeds, args.recommended)
     Path(args.output).write_text(json.dumps(out, indent=1, default=str))
     figure = Path(args.output).with_suffix(".png")
     _regret_figure(scores, args.budget, figure)
@@ -401,7 +401,7 @@ def _print_problem(problem: str, best_known: float, per: dict[str, Any], budget:
         print(f"{name:15s}" + "".join(f"{r:11.2f}" for r in regret) + f"{waste:9.1f}{to:7.0f}")
 
 
-def _print_summary(
+def print_summary(
     table: dict[str, dict[str, float]], cutoff: int, problems: int, seeds: int, recommended: str
 ) -> None:
     print(f"\n=== all problems at {cutoff} trials ({problems} problems x {seeds} seeds)")

@@ -44,6 +44,7 @@ OPTIMIZER_NAMES: tuple[str, ...] = (
 )
 SCHEDULERS: tuple[str, ...] = ("vllm", "slos-serve")
 KV_CACHE_DTYPES: tuple[str, ...] = ("auto", "fp8")  # vLLM's --kv-cache-dtype (auto: the model's)
+TBA_TPE_ANNEALS: tuple[str, ...] = ("handoff", "budget")  # tba-tpe: what TBA anneals over
 SCHEDULING_POLICIES: tuple[str, ...] = ("fcfs", "priority")  # vLLM's --scheduling-policy
 TBA_STARTS: tuple[str, ...] = ("random", "defaults")  # tba's first trials
 PRIORS: tuple[str, ...] = ("none", "sim")  # where a study's prior comes from (sloguard.prior)
@@ -230,6 +231,8 @@ class OptimizerConfig:
     start: str | None = None  # "random" draws, or "defaults" (vLLM's) as the first trial
     # tba-tpe: exploration trials, a share of budget (< 1) or a count
     handoff: float = num(0.4, gt=0)
+    # tba-tpe: TBA's temperature falls over the whole "budget" or over the "handoff" trials
+    anneal: str = text("handoff")
     # grid (vLLM auto_tune)
     grid_max_num_seqs: list[int] = num([32, 64, 128], ge=1)
     grid_max_num_batched_tokens: list[int] = num([512, 1024, 2048, 4096, 8192], ge=1)
@@ -664,6 +667,7 @@ def _check_optimizer(opt: DictConfig, budget: int) -> None:
     """tba-tpe's handoff is a share of the budget (< 1) or a whole count of trials within it."""
     if opt.get("start") is not None:
         _check_choice("optimizer.start", opt.start, TBA_STARTS)
+    _check_choice("optimizer.anneal", opt.anneal, TBA_TPE_ANNEALS)
     if opt.name == "grid":
         for key in ("grid_max_num_seqs", "grid_max_num_batched_tokens"):
             if not opt[key]:

@@ -24,12 +24,14 @@ from sloguard.space import FloatKnob, IntKnob, Repair, SearchSpace
 from sloguard.workload import Workload, build_workload
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from omegaconf import DictConfig
 
     from sloguard.backends import BaseBackend
     from sloguard.optimizer import BaseOptimizer
+    from sloguard.result import TrialResult
 
 
 def slo_from_config(cfg: DictConfig) -> SloContract:
@@ -102,6 +104,15 @@ def check_load_fits(cfg: DictConfig, workload: Workload) -> None:
         )
 
 
+def _per_gpus(cfg: DictConfig) -> Callable[[TrialResult, int], TrialResult] | None:
+    """How the objective rescores a capacity search by the GPUs a configuration runs on."""
+    if cfg.objective == "capacity_per_gpu":
+        return per_gpu
+    if cfg.objective == "gpus_for_rate":
+        return functools.partial(gpus_for_rate, target_rps=cfg.capacity.target_rps)
+    return None
+
+
 def trial_seed(seed: int, number: int) -> int:
     """The backend seed of trial ``number``."""
     return int(np.random.default_rng([seed, number, 1]).integers(2**31 - 1))
@@ -121,8 +132,8 @@ class TrialStep:
         max_position_embeddings: The model's context limit.
         log_dir: Where real servers' logs go (``trial-NNN.log``).
         capacity: Search the highest passing request rate instead of serving one load.
-        per_gpu: Score a capacity search per GPU the configuration runs on.
-        target_rps: Score a capacity search by the GPUs that serving this rate takes.
+        per_gpus: Rescores a capacity search by the GPUs the configuration runs on
+            (:func:`~sloguard.capacity.per_gpu` or :func:`~sloguard.capacity.gpus_for_rate`).
     """
 
     space: SearchSpace
@@ -134,8 +145,7 @@ class TrialStep:
     max_position_embeddings: int
     log_dir: Path | None = None
     capacity: CapacitySearch | None = None
-    per_gpu: bool = False
-    target_rps: float | None = None
+    per_gpus: Callable[[TrialResult, int], TrialResult] | None = None
 
     @classmethod
     def from_config(
@@ -157,8 +167,7 @@ class TrialStep:
             cfg.model.max_position_embeddings,
             log_dir,
             capacity,
-            per_gpu=cfg.objective == "capacity_per_gpu",
-            target_rps=cfg.capacity.target_rps if cfg.objective == "gpus_for_rate" else None,
+            _per_gpus(cfg),
         )
 
     def evaluate(self, params: dict[str, Any], number: int, phase: str = "") -> TrialRecord:
@@ -179,11 +188,8 @@ class TrialStep:
                     repair.config, next_workload, self.slo, seed=seed, log_path=log_path
                 ),
             )
-            if self.per_gpu:
-                result = per_gpu(result, self.backend.gpus(repair.config))
-            elif self.target_rps is not None:
-                gpus = self.backend.gpus(repair.config)
-                result = gpus_for_rate(result, gpus, self.target_rps)
+            if self.per_gpus is not None:
+                result = self.per_gpus(result, self.backend.gpus(repair.config))
         return TrialRecord(
             number, params, result, phase, list(repair.changes), time.perf_counter() - start
         )

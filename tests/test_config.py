@@ -59,6 +59,10 @@ def test_defaults_are_the_seed_setting(compose) -> None:
             "random, scoot, tba, tba-tpe, tpe",
         ),
         ("optimizer=tba-tpe optimizer.handoff=0", "optimizer.handoff=0.0 is invalid"),
+        (
+            "optimizer=tba-tpe optimizer.anneal=sideways",
+            "optimizer.anneal='sideways' is not known; choose one of: handoff, budget",
+        ),
         ("optimizer=grid optimizer.grid_util_step=0", "optimizer.grid_util_step=0.0 is invalid"),
         ("space.kv_overcommit=0", "space.kv_overcommit=0.0 is invalid"),
         (

@@ -30,6 +30,8 @@ class TBATPEOptimizer(BaseOptimizer):
         budget: The study's trials.
         handoff: Exploration trials: a share of ``budget`` when below 1, else a count.
         n_startup_trials: Random trials TPE would add of its own (0: TBA's history suffices).
+        anneal: ``"handoff"``: TBA's temperature falls to 0 over its own phase; ``"budget"``:
+            over the whole budget, so until the handoff it proposes what TBA alone would.
         tba_options: Settings passed to :class:`TBAOptimizer`.
     """
 
@@ -42,18 +44,29 @@ class TBATPEOptimizer(BaseOptimizer):
         budget: int = 15,
         handoff: float = 0.4,
         n_startup_trials: int = 0,
+        anneal: str = "handoff",
         **tba_options: Any,
     ) -> None:
+        if anneal not in ("handoff", "budget"):
+            raise ValueError(f"anneal={anneal!r}: give 'handoff' or 'budget'")
         super().__init__(space, seed)
         self.handoff = round(handoff * budget) if handoff < 1 else int(handoff)
-        self.tba = TBAOptimizer(space, seed, budget=max(self.handoff, 1), **tba_options)
+        span = budget if anneal == "budget" else max(self.handoff, 1)
+        self.tba = TBAOptimizer(space, seed, budget=span, **tba_options)
         self.tpe = TPEOptimizer(space, seed, n_startup_trials=n_startup_trials, crash_aware=True)
 
     @classmethod
     def from_config(
         cls, cfg: DictConfig, space: SearchSpace, seed: int, budget: int
     ) -> TBATPEOptimizer:
-        return cls(space, seed, budget=budget, handoff=cfg.handoff, **tba_settings(cfg))
+        return cls(
+            space,
+            seed,
+            budget=budget,
+            handoff=cfg.handoff,
+            anneal=cfg.anneal,
+            **tba_settings(cfg),
+        )
 
     @property
     def phase(self) -> str:

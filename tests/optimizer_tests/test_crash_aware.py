@@ -118,6 +118,27 @@ def test_tba_tpe_hands_off_with_every_trial_as_a_warm_start(space) -> None:
     assert len(crashed) == 5 and all(t.value == 0.0 for t in crashed)
 
 
+@pytest.mark.parametrize("anneal", ["budget", "handoff"])
+def test_tba_tpe_anneals_over_the_budget_or_its_own_phase(space, anneal) -> None:
+    opt = TBATPEOptimizer(space, seed=0, budget=20, handoff=0.4, anneal=anneal)
+    alone = TBAOptimizer(space, seed=0, budget=20)
+    assert opt.tba.budget == (20 if anneal == "budget" else 8)
+    proposed, by_tba = [], []
+    for i in range(8):
+        params, own = opt.ask(), alone.ask()
+        proposed.append(params)
+        by_tba.append(own)
+        for o, p in ((opt, params), (alone, own)):
+            o.tell(p, _crash(p) if i % 3 == 1 else _ok(p, 10.0 * (i % 4)))
+    # over the budget, the exploring phase is TBA itself; over its phase, it cools faster
+    assert (proposed == by_tba) is (anneal == "budget")
+
+
+def test_tba_tpe_refuses_an_unknown_anneal(space) -> None:
+    with pytest.raises(ValueError, match="'sideways'"):
+        TBATPEOptimizer(space, seed=0, budget=20, anneal="sideways")
+
+
 def test_cold_tpe_learns_nothing_from_crashes(space) -> None:
     cold, aware = TPEOptimizer(space, 0), TPEOptimizer(space, 0, crash_aware=True)
     for opt in (cold, aware):
