@@ -404,6 +404,7 @@ def _print_problem(problem: str, best_known: float, per: dict[str, Any], budget:
 def print_summary(
     table: dict[str, dict[str, float]], cutoff: int, problems: int, seeds: int, recommended: str
 ) -> None:
+    """Print one cutoff's table across problems (from :func:`compare`), best mean rank first."""
     print(f"\n=== all problems at {cutoff} trials ({problems} problems x {seeds} seeds)")
     print(f"{'optimizer':15s}{'mean regret %':>14s}{'mean rank':>11s}"
           f"  {f'{recommended} wins':>14s}{'p (1-sided)':>13s}")  # fmt: skip

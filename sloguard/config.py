@@ -44,9 +44,9 @@ OPTIMIZER_NAMES: tuple[str, ...] = (
 )
 SCHEDULERS: tuple[str, ...] = ("vllm", "slos-serve")
 KV_CACHE_DTYPES: tuple[str, ...] = ("auto", "fp8")  # vLLM's --kv-cache-dtype (auto: the model's)
-TBA_TPE_ANNEALS: tuple[str, ...] = ("handoff", "budget")  # tba-tpe: what TBA anneals over
 SCHEDULING_POLICIES: tuple[str, ...] = ("fcfs", "priority")  # vLLM's --scheduling-policy
 TBA_STARTS: tuple[str, ...] = ("random", "defaults")  # tba's first trials
+TBA_TPE_ANNEALS: tuple[str, ...] = ("handoff", "budget")  # tba-tpe: what TBA anneals over
 PRIORS: tuple[str, ...] = ("none", "sim")  # where a study's prior comes from (sloguard.prior)
 ROUTER_NAMES: tuple[str, ...] = ("round-robin", "least-loaded", "slo-aware", "dp-balance")
 CONF_DIR = Path(os.environ.get("SLOGUARD_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
@@ -664,7 +664,8 @@ def _check_network(backend: DictConfig) -> None:
 
 
 def _check_optimizer(opt: DictConfig, budget: int) -> None:
-    """tba-tpe's handoff is a share of the budget (< 1) or a whole count of trials within it."""
+    """Choices among the allowed values; the grid's lists not empty; tba-tpe's handoff a share
+    of the budget (< 1) or a whole count of trials within it."""
     if opt.get("start") is not None:
         _check_choice("optimizer.start", opt.start, TBA_STARTS)
     _check_choice("optimizer.anneal", opt.anneal, TBA_TPE_ANNEALS)

@@ -104,7 +104,7 @@ def check_load_fits(cfg: DictConfig, workload: Workload) -> None:
         )
 
 
-def _per_gpus(cfg: DictConfig) -> Callable[[TrialResult, int], TrialResult] | None:
+def _rescore_by_gpus(cfg: DictConfig) -> Callable[[TrialResult, int], TrialResult] | None:
     """How the objective rescores a capacity search by the GPUs a configuration runs on."""
     if cfg.objective == "capacity_per_gpu":
         return per_gpu
@@ -132,7 +132,7 @@ class TrialStep:
         max_position_embeddings: The model's context limit.
         log_dir: Where real servers' logs go (``trial-NNN.log``).
         capacity: Search the highest passing request rate instead of serving one load.
-        per_gpus: Rescores a capacity search by the GPUs the configuration runs on
+        rescore_by_gpus: Rescores a capacity search by the GPUs the configuration runs on
             (:func:`~sloguard.capacity.per_gpu` or :func:`~sloguard.capacity.gpus_for_rate`).
     """
 
@@ -145,7 +145,7 @@ class TrialStep:
     max_position_embeddings: int
     log_dir: Path | None = None
     capacity: CapacitySearch | None = None
-    per_gpus: Callable[[TrialResult, int], TrialResult] | None = None
+    rescore_by_gpus: Callable[[TrialResult, int], TrialResult] | None = None
 
     @classmethod
     def from_config(
@@ -167,7 +167,7 @@ class TrialStep:
             cfg.model.max_position_embeddings,
             log_dir,
             capacity,
-            _per_gpus(cfg),
+            _rescore_by_gpus(cfg),
         )
 
     def evaluate(self, params: dict[str, Any], number: int, phase: str = "") -> TrialRecord:
@@ -188,8 +188,8 @@ class TrialStep:
                     repair.config, next_workload, self.slo, seed=seed, log_path=log_path
                 ),
             )
-            if self.per_gpus is not None:
-                result = self.per_gpus(result, self.backend.gpus(repair.config))
+            if self.rescore_by_gpus is not None:
+                result = self.rescore_by_gpus(result, self.backend.gpus(repair.config))
         return TrialRecord(
             number, params, result, phase, list(repair.changes), time.perf_counter() - start
         )

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+from sloguard.config import TBA_TPE_ANNEALS
 from sloguard.optimizer._base import BaseOptimizer
 from sloguard.optimizer._tba import TBAOptimizer, tba_settings
 from sloguard.optimizer._tpe import TPEOptimizer
@@ -20,9 +21,10 @@ class TBATPEOptimizer(BaseOptimizer):
     """The seed's two-phase optimizer.
 
     Phase ``explore`` (trials numbered below ``handoff``) is :class:`TBAOptimizer` annealing
-    over its own phase; phase ``exploit`` is a crash-aware :class:`TPEOptimizer` that has been
-    told every trial so far, crashes as extreme constraint violations, so it starts from TBA's
-    map of where configurations crash and where they meet the SLO.
+    over its own phase (or, with ``anneal="budget"``, over the whole budget); phase ``exploit``
+    is a crash-aware :class:`TPEOptimizer` that has been told every trial so far, crashes as
+    extreme constraint violations, so it starts from TBA's map of where configurations crash
+    and where they meet the SLO.
 
     Args:
         space: The search space.
@@ -44,11 +46,11 @@ class TBATPEOptimizer(BaseOptimizer):
         budget: int = 15,
         handoff: float = 0.4,
         n_startup_trials: int = 0,
-        anneal: str = "handoff",
+        anneal: Literal["handoff", "budget"] = "handoff",
         **tba_options: Any,
     ) -> None:
-        if anneal not in ("handoff", "budget"):
-            raise ValueError(f"anneal={anneal!r}: give 'handoff' or 'budget'")
+        if anneal not in TBA_TPE_ANNEALS:
+            raise ValueError(f"anneal={anneal!r}: give one of {', '.join(TBA_TPE_ANNEALS)}")
         super().__init__(space, seed)
         self.handoff = round(handoff * budget) if handoff < 1 else int(handoff)
         span = budget if anneal == "budget" else max(self.handoff, 1)

@@ -16,6 +16,7 @@ from sloguard.optimizer import (
     TBAOptimizer,
     TBATPEOptimizer,
     TPEOptimizer,
+    create_optimizer,
 )
 from sloguard.optimizer._surrogate import FeasibilitySurrogate
 from sloguard.optimizer._tpe import crash_constraints, objective_value
@@ -132,6 +133,13 @@ def test_tba_tpe_anneals_over_the_budget_or_its_own_phase(space, anneal) -> None
             o.tell(p, _crash(p) if i % 3 == 1 else _ok(p, 10.0 * (i % 4)))
     # over the budget, the exploring phase is TBA itself; over its phase, it cools faster
     assert (proposed == by_tba) is (anneal == "budget")
+
+
+@pytest.mark.parametrize(("anneal", "span"), [("budget", 20), ("handoff", 8)])
+def test_tba_tpe_takes_its_anneal_from_config(compose, space, anneal, span) -> None:
+    cfg = compose("optimizer=tba-tpe", f"optimizer.anneal={anneal}").optimizer
+    opt = create_optimizer(cfg, space, 0, budget=20)
+    assert isinstance(opt, TBATPEOptimizer) and opt.tba.budget == span
 
 
 def test_tba_tpe_refuses_an_unknown_anneal(space) -> None:
