@@ -28,10 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tuning_suite import CUTOFFS, compare, print_summary, run_one_study
-
-from sloguard.exceptions import ConfigError
-from sloguard.tune import compose_config
+from tuning_suite import CUTOFFS, compare, parse_variants, print_summary, run_one_study
 
 Scores = dict[str, dict[str, dict[int, dict[str, Any]]]]
 
@@ -90,19 +87,7 @@ def main() -> None:
     if args.control not in known:
         stored_names = ", ".join(sorted(known))
         parser.error(f"--control {args.control}: not in the stored run ({stored_names})")
-    variants = {}
-    for variant in args.variant:
-        name, _, overrides = variant.partition(":")
-        if not name or not overrides:
-            parser.error(f"--variant {variant!r}: give NAME:OVERRIDES")
-        if name in known or name in variants:
-            parser.error(f"--variant {variant!r}: {name} is taken; name it apart from "
-                         f"{', '.join(sorted(known | set(variants)))}")  # fmt: skip
-        try:
-            compose_config([*overrides.split(), f"budget={budget}"])
-        except ConfigError as exc:
-            parser.error(f"--variant {variant!r}: {exc}")
-        variants[name] = tuple(overrides.split())
+    variants = parse_variants(parser, args.variant, known, budget)
     control = ("optimizer=" + args.control,)
     tasks = []
     for record in stored["problems"].values():

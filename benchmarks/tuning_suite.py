@@ -53,6 +53,7 @@ from scipy.stats import rankdata, wilcoxon
 from tqdm import tqdm
 
 from sloguard.config import OPTIMIZER_NAMES
+from sloguard.exceptions import ConfigError
 from sloguard.optimizer import create_optimizer
 from sloguard.result import TrialResult
 from sloguard.study import best_trial
@@ -294,6 +295,46 @@ def _regret_figure(scores: dict[str, Any], budget: int, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def parse_variants(
+    parser: argparse.ArgumentParser, specs: list[str], taken: set[str], budget: int
+) -> dict[str, tuple[str, ...]]:
+    """``NAME:OVERRIDES`` specs as overrides by name; a malformed spec, a name in ``taken`` or
+    overrides that do not compose end the run in one line."""
+    variants: dict[str, tuple[str, ...]] = {}
+    for spec in specs:
+        name, _, overrides = spec.partition(":")
+        if not name or not overrides:
+            parser.error(f"--variant {spec!r}: give NAME:OVERRIDES")
+        if name in taken or name in variants:
+            names = ", ".join(sorted(taken | set(variants)))
+            parser.error(f"--variant {spec!r}: {name} is taken; name it apart from {names}")
+        try:
+            compose_config([*overrides.split(), f"budget={budget}"])
+        except ConfigError as exc:
+            parser.error(f"--variant {spec!r}: {exc}")
+        variants[name] = tuple(overrides.split())
+    return variants
+
+
+def _optimizers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """The optimizers and variants to run, by name; a bad count or variant ends the run here,
+    in one line, before anything is written."""
+    for flag, value, least in (
+        ("--seeds", args.seeds, 1),
+        ("--budget", args.budget, min(CUTOFFS)),
+        ("--explore", args.explore, 1),
+        ("--workers", args.workers, 1),
+    ):
+        if value < least:
+            parser.error(f"{flag} {value}: give at least {least}")
+    optimizers = {name: (f"optimizer={name}",) for name in args.optimizers}
+    optimizers |= parse_variants(parser, args.variant, set(optimizers), args.budget)
+    if args.recommended not in optimizers:
+        parser.error(f"--recommended {args.recommended}: not run (give one of "
+                     f"{', '.join(optimizers)})")  # fmt: skip
+    return optimizers
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", nargs="+", choices=PROBLEMS, help="default: all")
@@ -315,7 +356,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--budget", type=int, default=30)
     parser.add_argument("--explore", type=int, default=150, help="random noise-free trials")
-    parser.add_argument("--quick", action="store_true", help="4 problems, 3 seeds x 15 trials")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="4 problems, 3 seeds x 15 trials, 60 explored (sets --seeds, --budget, --explore)",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--output", default="tuning_suite.json")
     args = parser.parse_args()
@@ -324,12 +369,7 @@ def main() -> None:
         args.seeds, args.budget, args.explore = 3, 15, 60
         args.optimizers = [o for o in args.optimizers if o != "constrained-bo"]
     problems = args.problems or list(PROBLEMS)
-    optimizers = {name: (f"optimizer={name}",) for name in args.optimizers}
-    for variant in args.variant:
-        name, _, overrides = variant.partition(":")
-        if not name or not overrides:
-            parser.error(f"--variant {variant!r}: give NAME:OVERRIDES")
-        optimizers[name] = tuple(overrides.split())
+    optimizers = _optimizers(parser, args)
     start = time.perf_counter()
     # one thread per worker process: the GP baseline's PyTorch would otherwise oversubscribe
     os.environ.setdefault("OMP_NUM_THREADS", "1")
