@@ -8,9 +8,9 @@ regrets; the best known of a problem rises if a variant beats it, and every regr
 against it. Then, at each cutoff, the suite's table is printed once per variant, tested against
 every other optimizer (one-sided paired Wilcoxon: does the variant have the lower regret?).
 
-A variant's study takes as long as one of the suite's: two variants took 1,347 s here, where
-the whole run took 4,542 s. Problems with no feasible configuration known are left out, as the
-suite leaves them out.
+A variant's study takes as long as one of the suite's: two variants took 1,347 s on an AVX2
+machine, where the whole run took 4,542 s. Problems with no feasible configuration known are
+left out, as the suite leaves them out.
 
 Usage:
     python benchmarks/suite_variants.py --against docs/benchmarks/tuning_suite.json \
@@ -89,11 +89,11 @@ def main() -> None:
         parser.error(f"--control {args.control}: not in the stored run ({stored_names})")
     variants = parse_variants(parser, args.variant, known, budget)
     control = ("optimizer=" + args.control,)
+    # problems with no feasible configuration known: the suite scores nobody there
+    problems = {tuple(r["overrides"]): p for p, r in stored["problems"].items()
+                if r["best_known"] > 0}  # fmt: skip
     tasks = []
-    for record in stored["problems"].values():
-        if record["best_known"] <= 0:
-            continue
-        overrides = tuple(record["overrides"])
+    for overrides in problems:
         tasks.append((overrides, f"{args.control} (control)", control, 0, budget))
         tasks += [(overrides, n, v, s, budget) for n, v in variants.items() for s in range(seeds)]
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -102,8 +102,6 @@ def main() -> None:
         studies = pool.map(run_one_study, tasks, chunksize=1)
     print(f"{len(tasks)} studies of {budget} trials, {time.perf_counter() - start:.0f} s")
     chosen = stored_choices(stored)
-    problems = {tuple(r["overrides"]): p for p, r in stored["problems"].items()
-                if r["best_known"] > 0}  # fmt: skip
     differ = []
     for task, study in zip(tasks, studies, strict=True):
         problem = problems[task[0]]

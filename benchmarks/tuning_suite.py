@@ -316,7 +316,9 @@ def parse_variants(
     return variants
 
 
-def _optimizers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+def _optimizers(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> dict[str, tuple[str, ...]]:
     """The optimizers and variants to run, by name; a bad count or variant ends the run here,
     in one line, before anything is written."""
     for flag, value, least in (
