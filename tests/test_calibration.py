@@ -84,6 +84,20 @@ def test_fit_recovers_the_coefficients_that_produced_the_measurements(compose) -
     assert calibration.median_error < 0.05
 
 
+def test_fit_finds_a_machine_four_times_as_fast_as_the_preset(compose) -> None:
+    # a preset fitted on one CPU, measurements from one 4x as fast (as an AVX-512 host is against
+    # the AVX2 one of hardware=cpu): from the preset alone the fit stopped at 8% median error
+    # with seq_overhead_ms 3x off; it also starts as if the machine were 4x faster
+    cfg = compose(*CPU, "hardware.supports_cudagraphs=false")
+    preset = {name: float(cfg.hardware[name]) for name in TRUTH}
+    truth = {n: v * 4 if n.endswith("_efficiency") else v / 4 for n, v in preset.items()}
+    probes, measured = _synthetic(cfg, truth, noise=0.15)
+    calibration = fit(cfg, probes, measured)
+    for name, value in truth.items():
+        assert calibration.hardware[name] == pytest.approx(value, rel=0.15), name
+    assert calibration.median_error < 0.05
+
+
 def test_calibrate_refits_saved_measurements_into_a_hardware_config(
     compose, study_env, tmp_path: Path
 ) -> None:
@@ -116,6 +130,35 @@ def test_calibrate_refits_saved_measurements_into_a_hardware_config(
     assert result.metrics["tpot_p50_ms"] == pytest.approx(real, rel=0.1)
 
 
+@pytest.mark.parametrize(
+    ("content", "overrides", "error"),
+    [
+        (
+            {"setting": {"model": "tiny-random", "hardware": "cpu"}, "probes": [], "measured": []},
+            [],  # the defaults: qwen2-1.5b on an a100-40gb
+            "were taken with model=tiny-random hardware=cpu, not model=qwen2-1.5b "
+            "hardware=a100-40gb: pass the same overrides",
+        ),
+        ("not json", list(CPU), "is not a saved calibration (JSON with probes and measured): "
+         "JSONDecodeError: Expecting value: line 1 column 1 (char 0)"),
+        ({"probes": []}, list(CPU), "is not a saved calibration (JSON with probes and "
+         "measured): KeyError: 'measured'"),
+        ({"probes": [], "measured": [{}]}, list(CPU), "has 0 probes but 1 measurements"),
+    ],
+)  # fmt: skip
+def test_calibrate_refuses_measurements_it_cannot_refit(
+    study_env, tmp_path: Path, content: object, overrides: list[str], error: str
+) -> None:
+    saved = tmp_path / "measured.json"
+    saved.write_text(content if isinstance(content, str) else json.dumps(content))
+    out = tmp_path / "hw.yaml"
+    argv = ["calibrate", *overrides, "--out", str(out), "--measurements", str(saved)]
+    proc = run_cli(["-m", "sloguard.cli", *argv], tmp_path, study_env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"sloguard: error: --measurements {saved} {error}"]
+    assert not out.exists()
+
+
 def test_calibrate_against_the_sim_is_one_clear_error(study_env, tmp_path: Path) -> None:
     out = tmp_path / "hw.yaml"
     proc = run_cli(["-m", "sloguard.cli", "calibrate", "--out", str(out)], tmp_path, study_env)
@@ -128,9 +171,12 @@ def test_calibrate_against_the_sim_is_one_clear_error(study_env, tmp_path: Path)
 
 
 @pytest.mark.vllm
-# wall-clock timings of 22 requests on 2 cores: on 2026-12-02 the median fit error came out at
-# 0.41, 1.12 and 1.65 in three single runs of this test, under 0.3 in the others that got so far
-@pytest.mark.flaky(reruns=2)
+# wall-clock timings of 24 requests on 2 cores. Of 16 runs on 2026-12-04, 3 ended over 0.3: one
+# fit from the preset alone stopped at 1.16 (the fit now also starts as for a 4x faster and a 4x
+# slower machine); in the other two a stalled frontend (decode TTFT p99 388 ms; load TTFT p50
+# 126 ms against ~10) gave measurements no fit matches (0.64 and 0.40 refitted). With the new fit,
+# 3 of 11 further runs failed the same way: about one run in five, so up to five tries
+@pytest.mark.flaky(reruns=4)
 @pytest.mark.usefixtures("vllm_python")  # skips (fails in CI) without the CPU build
 def test_probes_measured_on_a_real_server_fit_the_sim(compose, tmp_path: Path) -> None:
     cfg = compose(
@@ -150,4 +196,4 @@ def test_probes_measured_on_a_real_server_fit_the_sim(compose, tmp_path: Path) -
     assert "sloguard launch" in (tmp_path / "calibrate-eager.log").read_text()
     calibration = fit(cfg, probes, measured)
     assert all(math.isfinite(v) for v in calibration.hardware.values())
-    assert calibration.median_error < 0.3
+    assert calibration.median_error < 0.3, (measured, calibration.residuals)
