@@ -384,7 +384,7 @@ def _read_measurements(path: Path, cfg: DictConfig) -> tuple[list[Probe], list[d
         data = json.loads(path.read_text())
         probes = [Probe(**p) for p in data["probes"]]
         measured = [dict(m) for m in data["measured"]]
-        setting = data.get("setting", _setting(cfg))  # files saved before it was recorded
+        setting = dict(data.get("setting", _setting(cfg)))  # files saved before it was recorded
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ConfigError(
             f"--measurements {path} is not a saved calibration (JSON with probes and measured): "
