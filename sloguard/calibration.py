@@ -223,7 +223,8 @@ def measure(
             probe_knobs(cfg, eager), next_workload, slo, seed=0, log_path=log
         )
         if results and results[-1].crash is not None:
-            probe = group[order[len(results) - 1]]
+            # a server that did not start served nothing: its crash is the first probe's
+            probe = group[order[len(results) - 1] if order else 0]
             raise RuntimeError(f"probe {probe.name} crashed: {results[-1].crash.evidence}")
     return [resolved[p.name] for p in probes], [measured[p.name] for p in probes]
 

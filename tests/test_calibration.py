@@ -200,6 +200,26 @@ def test_a_kept_run_in_which_the_frontend_stalled_is_run_once_more(
 
 
 @pytest.mark.vllm
+@pytest.mark.usefixtures("vllm_python")  # skips (fails in CI) without the CPU build
+def test_calibrate_on_a_server_that_cannot_start_is_one_clear_error(
+    study_env, tmp_path: Path
+) -> None:
+    # a KV budget below what the CPU build's worker takes: vLLM refuses at startup, before any
+    # probe is served (this was an IndexError)
+    out = tmp_path / "hw.yaml"
+    low = ("low=0.01", "high=0.02", "default=0.01")
+    argv = ["calibrate", *CPU, "backend=vllm-cpu", f"model.path={TINY_MODEL}",
+            "hardware.supports_cudagraphs=false",
+            *(f"space.gpu_memory_utilization.{v}" for v in low), "--out", str(out)]  # fmt: skip
+    proc = run_cli(["-m", "sloguard.cli", *argv], tmp_path, study_env)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("sloguard: error: probe decode-c1-eager crashed: ")
+    assert "kv" in line.lower()
+    assert not out.exists()
+
+
+@pytest.mark.vllm
 # wall-clock timings of 24 requests on 2 cores. Of 16 runs on 2026-12-04, 3 ended over 0.3: one
 # fit from the preset alone stopped at 1.16 (the fit now also starts as for a 4x faster and a 4x
 # slower machine); in the other two a stalled frontend (decode TTFT p99 388 ms; load TTFT p50
