@@ -224,8 +224,8 @@ def test_calibrate_on_a_server_that_cannot_start_is_one_clear_error(
 # fit from the preset alone stopped at 1.16 (the fit now also starts as for a 4x faster and a 4x
 # slower machine); in the other two a stalled frontend (decode TTFT p99 388 ms; load TTFT p50
 # 126 ms against ~10) gave measurements no fit matches (0.63 and 0.30 refitted). With the new fit
-# 3 of 11 further runs failed, and with the stall re-run 1 of 6 (the load probe overloading the
-# frontend in both its runs): about one run in five, so up to five tries
+# 3 of 11 further runs failed, and with the stall re-run 1 of 6 (the load probe stalled in both
+# its runs): about one run in five, so up to five tries
 @pytest.mark.flaky(reruns=4)
 @pytest.mark.usefixtures("vllm_python")  # skips (fails in CI) without the CPU build
 def test_probes_measured_on_a_real_server_fit_the_sim(compose, tmp_path: Path) -> None:
