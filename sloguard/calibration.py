@@ -331,14 +331,17 @@ def fit(cfg: DictConfig, probes: Sequence[Probe], measured: Sequence[dict]) -> C
     ]
     bounds = {name: (lo, hi) for name, lo, hi in FITTED}
     base = to_container(cfg.hardware)
-    # a coefficient at its lower bound starts at 1% of its range, so the fit can move it
-    x0 = [
-        min(float(base[n] or 0.0), bounds[n][1])
-        if float(base[n] or 0.0) > bounds[n][0]
-        else bounds[n][0] + 0.01 * (bounds[n][1] - bounds[n][0])
-        for n in names
-    ]
-    x0.append(0.1)  # step noise
+    # a coefficient at its lower bound starts at 1% of its range, so the fit can move it (one
+    # above its upper bound is clipped by _as_if_faster); the step noise starts at 0.1
+    x0 = np.array(
+        [
+            float(base[n] or 0.0)
+            if float(base[n] or 0.0) > bounds[n][0]
+            else bounds[n][0] + 0.01 * (bounds[n][1] - bounds[n][0])
+            for n in names
+        ]
+        + [0.1]
+    )
     lower = np.array([bounds[n][0] for n in names] + [0.0])
     upper = np.array([bounds[n][1] for n in names] + [0.8])
 
@@ -363,7 +366,7 @@ def fit(cfg: DictConfig, probes: Sequence[Probe], measured: Sequence[dict]) -> C
             x_scale=np.maximum(np.abs(start), 1e-3),
             diff_step=1e-3,
         )
-        for start in (_as_if_faster(names, np.array(x0), k, lower, upper) for k in _SPEEDUPS)
+        for start in (_as_if_faster(names, x0, k, lower, upper) for k in _SPEEDUPS)
     ]
     hardware, noise = split(min(solutions, key=lambda s: s.cost).x)
     report = log_errors(probes, measured, predict(cfg, probes, hardware, noise))
