@@ -229,6 +229,7 @@ class OptimizerConfig:
     min_trials: int | None = num(None, ge=1)
     crash_rate: float | None = num(None, gt=0, le=1)
     start: str | None = None  # "random" draws, or "defaults" (vLLM's) as the first trial
+    bound_jump: float | None = num(None, ge=0, le=1)  # a moved numeric knob jumps to a bound
     # tba-tpe: exploration trials, a share of budget (< 1) or a count
     handoff: float = num(0.4, gt=0)
     # tba-tpe: TBA's temperature falls over the whole "budget" or over the "handoff" trials

@@ -61,11 +61,13 @@ def neighbour(
     rng: np.random.Generator,
     step: float,
     p_move: float,
+    p_bound: float = 0.0,
 ) -> dict[str, Any]:
     """Move each knob with probability ``p_move`` (at least one moves).
 
-    Numeric knobs take a Gaussian step of ``step`` in unit coordinates; a categorical knob
-    switches to another choice. Conditional knobs are drawn or dropped as their parent decides.
+    Numeric knobs take a Gaussian step of ``step`` in unit coordinates, or with probability
+    ``p_bound`` jump to one of their bounds; a categorical knob switches to another choice.
+    Conditional knobs are drawn or dropped as their parent decides.
     """
     names = [n for n in space.knobs if n in params]
     movable = [
@@ -87,6 +89,8 @@ def neighbour(
         elif isinstance(knob, CategoricalKnob):
             others = [c for c in knob.choices if c != params[name]]
             new[name] = others[int(rng.integers(len(others)))]
+        elif p_bound > 0 and rng.random() < p_bound:
+            new[name] = from_unit(knob, float(rng.integers(2)))
         else:
             new[name] = from_unit(knob, to_unit(knob, params[name]) + rng.normal(0.0, step))
     return new

@@ -51,6 +51,8 @@ class TBAOptimizer(BaseOptimizer):
         crash_rate: Crash share that blacklists a subspace.
         start: ``"random"``: the ``n_initial`` first trials are uniform draws; ``"defaults"``:
             the first of them is the space's defaults (vLLM's own).
+        bound_jump: Chance that a numeric knob a neighbour moves jumps to one of its bounds
+            (where tuned settings often sit: the smallest prefill chunk, the largest batch).
     """
 
     name = "tba"
@@ -69,6 +71,7 @@ class TBAOptimizer(BaseOptimizer):
         min_trials: int = 3,
         crash_rate: float = 0.8,
         start: str = "defaults",
+        bound_jump: float = 0.15,
     ) -> None:
         super().__init__(space, seed)
         self.budget = max(int(budget), 1)
@@ -78,6 +81,7 @@ class TBAOptimizer(BaseOptimizer):
         self.crash_threshold = crash_threshold
         self.gamma = gamma
         self.start = start
+        self.bound_jump = bound_jump
         self.surrogate = FeasibilitySurrogate(oob_gate=oob_gate)
         self.blacklist = SubspaceBlacklist(space, min_trials=min_trials, crash_rate=crash_rate)
         self.params: list[dict[str, Any]] = []
@@ -112,7 +116,14 @@ class TBAOptimizer(BaseOptimizer):
             n_uniform = round(self.n_candidates * 0.25 * t)
             base = self.params[self.current]
             candidates = [
-                neighbour(self.space, base, rng, step=0.05 + 0.25 * t, p_move=max(0.15, 0.5 * t))
+                neighbour(
+                    self.space,
+                    base,
+                    rng,
+                    step=0.05 + 0.25 * t,
+                    p_move=max(0.15, 0.5 * t),
+                    p_bound=self.bound_jump,
+                )
                 for _ in range(self.n_candidates - n_uniform)
             ]
             candidates += [self.space.sample(rng) for _ in range(n_uniform)]
@@ -221,5 +232,6 @@ def tba_settings(cfg: DictConfig) -> dict[str, Any]:
         "min_trials",
         "crash_rate",
         "start",
+        "bound_jump",
     )
     return {n: cfg[n] for n in names if n in cfg and cfg[n] is not None}

@@ -116,3 +116,10 @@ def test_model_based_samplers_learn_from_results(name, trials, late_from, space,
             late.append(params)
     assert sum(not p["enforce_eager"] for p in late) >= 0.75 * len(late)
     assert sum(p["max_num_seqs"] for p in late) / len(late) > 50  # random mean is ~36
+
+
+@pytest.mark.parametrize("name", ["tba", "tba-tpe"])
+def test_bound_jump_reaches_the_annealer(name, space, compose) -> None:
+    cfg = compose(f"optimizer={name}", "optimizer.bound_jump=0.4").optimizer
+    opt = create_optimizer(cfg, space, 0, budget=15)
+    assert getattr(opt, "tba", opt).bound_jump == 0.4
